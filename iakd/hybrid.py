@@ -1,0 +1,79 @@
+"""The hybrid network: the student's stem and head around a per-step mix of student and teacher units."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from iakd.models import ZooModel
+from iakd.units import Granularity, partition
+
+__all__ = ["HybridNet"]
+
+
+def _connector(in_ch: int, out_ch: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch))
+
+
+class HybridNet(nn.Module):
+    """Student and frozen teacher cut into aligned units; ``forward(x, swap)`` runs unit i of the teacher
+    where ``swap[i]`` is True and of the student elsewhere; ``swap=None`` is the pure student.
+
+    Where the two widths differ at a unit boundary, a connector (1x1 conv + BN) maps the student's width to the
+    teacher's before a teacher unit that follows a student part (``to_teacher[i]``, before unit i), and back after
+    a teacher unit that a student part or the head follows (``to_student[i]``, before unit i, or the head at
+    i = num_units). Connectors train with the student and play no part in the pure student.
+    """
+
+    def __init__(self, student: ZooModel, teacher: ZooModel, granularity: Granularity = "stage", *,
+                 input_size: int | None = None, pair: str = "teacher -> student"):
+        super().__init__()
+        self.student = student
+        self.teacher = teacher.requires_grad_(False).eval()
+        s_units, t_units = partition(student, teacher, granularity, input_size=input_size, pair=pair)
+        self.granularity = granularity
+        # Plain lists: the blocks are already registered inside student and teacher.
+        self._student_units = [nn.Sequential(*u.blocks) for u in s_units]
+        self._teacher_units = [nn.Sequential(*u.blocks) for u in t_units]
+        self.to_teacher = nn.ModuleDict(
+            {str(i): _connector(s.in_shape[0], t.in_shape[0]) for i, (s, t) in enumerate(zip(s_units, t_units)) if s.in_shape[0] != t.in_shape[0]}
+        )
+        self.to_student = nn.ModuleDict(
+            {str(i + 1): _connector(t.out_shape[0], s.out_shape[0]) for i, (s, t) in enumerate(zip(s_units, t_units)) if s.out_shape[0] != t.out_shape[0]}
+        )
+
+    @property
+    def num_units(self) -> int:
+        return len(self._student_units)
+
+    def train(self, mode: bool = True) -> "HybridNet":
+        super().train(mode)
+        self.teacher.eval()  # the teacher's BatchNorm statistics never change
+        return self
+
+    def forward(self, x: torch.Tensor, swap: Sequence[bool] | None = None) -> torch.Tensor:
+        if swap is not None and len(swap) != self.num_units:
+            raise ValueError(f"swap has {len(swap)} entries for {self.num_units} units")
+        x = self.student.forward_stem(x)
+        in_teacher = False
+        for i in range(self.num_units):
+            use_teacher = swap is not None and bool(swap[i])
+            if use_teacher != in_teacher:
+                bridge = self.to_teacher if use_teacher else self.to_student
+                x = bridge[str(i)](x) if str(i) in bridge else x
+            x = (self._teacher_units if use_teacher else self._student_units)[i](x)
+            in_teacher = use_teacher
+        if in_teacher and str(self.num_units) in self.to_student:
+            x = self.to_student[str(self.num_units)](x)
+        return self.student.forward_head(x)
+
+    def draw_swap(self, prob: float | Sequence[float], generator: torch.Generator | None = None) -> tuple[bool, ...]:
+        """One Bernoulli draw per unit (shared by the whole batch): True with probability ``prob`` (or ``prob[i]``)."""
+        p = torch.as_tensor(prob, dtype=torch.float64).expand(self.num_units)
+        return tuple(bool(b) for b in torch.rand(self.num_units, generator=generator, dtype=torch.float64) < p)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The student's and the connectors' parameters: what the optimizer updates."""
+        return [*self.student.parameters(), *self.to_teacher.parameters(), *self.to_student.parameters()]

@@ -1,0 +1,168 @@
+"""Training methods in one shape: ``forward_train(image, target) -> (logits, {"loss_name": tensor})``.
+
+The engine sums the loss dict and steps the optimizer over ``trainable_parameters()``; ``forward(image)`` is
+always the pure student (evaluation). A frozen teacher stays in eval mode whatever ``train()`` is called with.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from iakd.hybrid import HybridNet
+from iakd.losses import kd_loss
+from iakd.models import ZooModel
+from iakd.units import Granularity
+
+__all__ = ["METHODS", "Method", "CE", "KD", "IAKD", "build"]
+
+METHODS: tuple[str, ...] = ("ce", "kd", "iakd", "iakd+kd")
+
+
+class Method(nn.Module):
+    """A student, an optional frozen teacher, and the losses that train the student."""
+
+    uses_swap = False
+
+    def __init__(self, student: ZooModel, teacher: ZooModel | None = None):
+        super().__init__()
+        self.student = student
+        self.teacher = None if teacher is None else teacher.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> "Method":
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.student(image)
+
+    def forward_train(self, image: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.student.parameters())
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything this method trains (student, connectors), without the frozen teacher; each tensor once."""
+        seen = set() if self.teacher is None else {id(t) for t in self.teacher.state_dict(keep_vars=True).values()}
+        state = {}
+        for key, value in self.state_dict(keep_vars=True).items():
+            if id(value) not in seen:  # the hybrid holds the student too: keep its first name only
+                seen.add(id(value))
+                state[key] = value.detach()
+        return state
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        expected = set(self.trainable_state_dict())
+        if set(state) != expected:
+            missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise KeyError(f"trainable state does not match: missing {missing[:3]}, unexpected {extra[:3]}")
+        self.load_state_dict(state, strict=False)
+
+
+class CE(Method):
+    """The student alone, on cross-entropy."""
+
+    def forward_train(self, image, target):
+        logits = self.student(image)
+        return logits, {"loss_ce": F.cross_entropy(logits, target)}
+
+
+class KD(Method):
+    """Hinton KD: ce_weight * CE + kd_weight * T^2 KL(teacher || student); the teacher runs without a graph."""
+
+    def __init__(self, student: ZooModel, teacher: ZooModel, *, ce_weight: float = 0.1, kd_weight: float = 0.9, temperature: float = 4.0):
+        super().__init__(student, teacher)
+        self.ce_weight, self.kd_weight, self.temperature = ce_weight, kd_weight, temperature
+
+    def forward_train(self, image, target):
+        logits = self.student(image)
+        with torch.no_grad():
+            logits_teacher = self.teacher(image)
+        return logits, {
+            "loss_ce": self.ce_weight * F.cross_entropy(logits, target),
+            "loss_kd": self.kd_weight * kd_loss(logits, logits_teacher, self.temperature),
+        }
+
+
+class IAKD(Method):
+    """Swapping-in: each step the student trains inside a hybrid whose units are drawn from student or teacher.
+
+    ``swap_prob`` (one probability, or one per unit) is set by the engine from the schedule before each step;
+    the mask drawn for the step is kept in ``last_swap``. With ``kd_weight > 0`` (IAKD+KD) the full teacher's
+    logits, computed without a graph, add ``kd_weight * T^2 KL(teacher || hybrid)``; with 0 the teacher only runs
+    inside the hybrid.
+    """
+
+    uses_swap = True
+
+    def __init__(
+        self,
+        student: ZooModel,
+        teacher: ZooModel,
+        *,
+        granularity: Granularity = "stage",
+        ce_weight: float = 1.0,
+        kd_weight: float = 0.0,
+        temperature: float = 4.0,
+        seed: int = 0,
+        input_size: int | None = None,
+        pair: str = "teacher -> student",
+    ):
+        super().__init__(student, teacher)
+        self.hybrid = HybridNet(student, teacher, granularity, input_size=input_size, pair=pair)
+        self.ce_weight, self.kd_weight, self.temperature = ce_weight, kd_weight, temperature
+        self.swap_generator = torch.Generator().manual_seed(seed)
+        self.swap_prob: float | Sequence[float] = 0.0
+        self.last_swap: tuple[bool, ...] = (False,) * self.hybrid.num_units
+
+    @property
+    def num_units(self) -> int:
+        return self.hybrid.num_units
+
+    def forward_train(self, image, target):
+        self.last_swap = self.hybrid.draw_swap(self.swap_prob, self.swap_generator)
+        logits = self.hybrid(image, self.last_swap)
+        losses = {"loss_ce": self.ce_weight * F.cross_entropy(logits, target)}
+        if self.kd_weight > 0:
+            with torch.no_grad():
+                logits_teacher = self.teacher(image)
+            losses["loss_kd"] = self.kd_weight * kd_loss(logits, logits_teacher, self.temperature)
+        return logits, losses
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return self.hybrid.trainable_parameters()
+
+
+def build(
+    name: str,
+    student: ZooModel,
+    teacher: ZooModel | None = None,
+    *,
+    granularity: Granularity = "stage",
+    ce_weight: float | None = None,
+    kd_weight: float | None = None,
+    temperature: float = 4.0,
+    seed: int = 0,
+    input_size: int | None = None,
+    pair: str = "teacher -> student",
+) -> Method:
+    """Build a method by name; unset weights take each method's standard values (kd: 0.1 / 0.9, iakd+kd: 1 / 0.9)."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+    if name != "ce" and teacher is None:
+        raise ValueError(f"method {name!r} needs a teacher")
+    if name == "ce":
+        return CE(student)
+    if name == "kd":
+        return KD(student, teacher, ce_weight=0.1 if ce_weight is None else ce_weight,
+                  kd_weight=0.9 if kd_weight is None else kd_weight, temperature=temperature)
+    default_kd = 0.9 if name == "iakd+kd" else 0.0
+    return IAKD(student, teacher, granularity=granularity, ce_weight=1.0 if ce_weight is None else ce_weight,
+                kd_weight=default_kd if kd_weight is None else kd_weight, temperature=temperature, seed=seed,
+                input_size=input_size, pair=pair)

@@ -1,0 +1,118 @@
+"""Swap-probability schedules p(t): the chance that a student unit is replaced by its teacher unit.
+
+t is training progress in [0, 1], counted in steps. Every family starts at ``p0`` and is 0 from ``t_end`` on,
+after which the student trains alone:
+
+- ``constant``:    p0 until t_end.
+- ``linear``:      p0 -> 0 linearly at t_end (Theseus's curriculum: p0 = 1 - b, t_end = (1 - b) / k).
+- ``cosine``:      half a cosine from p0 to 0 at t_end.
+- ``exponential``: p0 * (exp(-rate u) - exp(-rate)) / (1 - exp(-rate)), u = t / t_end; larger ``rate`` drops faster.
+- ``step``:        p0 halved every ``interval`` of progress, until t_end.
+
+A depth ``profile`` scales p per unit: ``uniform`` (all p), ``shallow-first`` (unit i of n gets p (n - i) / n),
+``deep-first`` (p (i + 1) / n). All families are non-increasing in t and every value lies in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+from iakd.errors import ConfigError
+
+__all__ = ["FAMILIES", "PROFILES", "SwapSchedule", "build"]
+
+# Each family's own optional keys, with their defaults.
+FAMILIES: dict[str, dict[str, float]] = {
+    "constant": {},
+    "linear": {},
+    "cosine": {},
+    "exponential": {"rate": 5.0},
+    "step": {"interval": 0.25},
+}
+PROFILES: tuple[str, ...] = ("uniform", "shallow-first", "deep-first")
+_REQUIRED = ("family", "p0", "t_end")
+
+
+@dataclass(frozen=True)
+class SwapSchedule:
+    family: str
+    p0: float
+    t_end: float
+    profile: str = "uniform"
+    rate: float = 5.0
+    interval: float = 0.25
+
+    def __call__(self, t: float) -> float:
+        """The swap probability at progress t (clamped into [0, 1]), before the depth profile."""
+        t = min(max(float(t), 0.0), 1.0)
+        if t >= self.t_end:
+            return 0.0
+        u = t / self.t_end
+        if self.family == "constant":
+            return self.p0
+        if self.family == "linear":
+            return self.p0 * (1.0 - u)
+        if self.family == "cosine":
+            return self.p0 * 0.5 * (1.0 + math.cos(math.pi * u))
+        if self.family == "exponential":
+            floor = math.exp(-self.rate)
+            return self.p0 * (math.exp(-self.rate * u) - floor) / (1.0 - floor)
+        return self.p0 * 0.5 ** math.floor(t / self.interval + 1e-9)  # step
+
+    def unit_probs(self, t: float, num_units: int) -> list[float]:
+        """Per-unit probabilities at progress t: p(t) scaled by the depth profile."""
+        p = self(t)
+        n = num_units
+        if self.profile == "shallow-first":
+            return [p * (n - i) / n for i in range(n)]
+        if self.profile == "deep-first":
+            return [p * (i + 1) / n for i in range(n)]
+        return [p] * n
+
+    def to_spec(self) -> dict[str, Any]:
+        """The spec that `build` turns back into this schedule (only the keys the family uses)."""
+        spec = {k: v for k, v in asdict(self).items() if k in (*_REQUIRED, "profile") or k in FAMILIES[self.family]}
+        return spec
+
+
+def _number(spec: Mapping[str, Any], key: str, prefix: str) -> float:
+    value = spec[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{prefix}.{key}: {value!r} is not a finite number")
+    return float(value)
+
+
+def build(spec: Mapping[str, Any], *, prefix: str = "schedule") -> SwapSchedule:
+    """Validate a spec such as ``{"family": "linear", "p0": 0.5, "t_end": 0.8}`` and build its schedule.
+
+    Errors name the key (``schedule.p0: 1.5 is outside [0, 1]``), so a config typo is found at the door.
+    """
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{prefix}: expected a mapping with keys {', '.join(_REQUIRED)}, got {spec!r}")
+    for key in _REQUIRED:
+        if key not in spec:
+            raise ConfigError(f"{prefix}.{key}: missing (required: {', '.join(_REQUIRED)})")
+    family = spec["family"]
+    if family not in FAMILIES:
+        raise ConfigError(f"{prefix}.family: {family!r} is unknown; known: {', '.join(FAMILIES)}")
+    allowed = {*_REQUIRED, "profile", *FAMILIES[family]}
+    for key in spec:
+        if key not in allowed:
+            raise ConfigError(f"{prefix}.{key}: not a key of the {family!r} family; allowed: {', '.join(sorted(allowed))}")
+    p0 = _number(spec, "p0", prefix)
+    if not 0.0 <= p0 <= 1.0:
+        raise ConfigError(f"{prefix}.p0: {p0} is outside [0, 1]")
+    t_end = _number(spec, "t_end", prefix)
+    if not 0.0 < t_end <= 1.0:
+        raise ConfigError(f"{prefix}.t_end: {t_end} is outside (0, 1]")
+    profile = spec.get("profile", "uniform")
+    if profile not in PROFILES:
+        raise ConfigError(f"{prefix}.profile: {profile!r} is unknown; known: {', '.join(PROFILES)}")
+    extras = {key: _number(spec, key, prefix) if key in spec else default for key, default in FAMILIES[family].items()}
+    if extras.get("rate", 1.0) <= 0:
+        raise ConfigError(f"{prefix}.rate: {extras['rate']} must be > 0")
+    if not 0.0 < extras.get("interval", 0.5) <= 1.0:
+        raise ConfigError(f"{prefix}.interval: {extras['interval']} is outside (0, 1]")
+    return SwapSchedule(family, p0, t_end, profile, **extras)
