@@ -1,0 +1,77 @@
+"""Checkpoint files: written atomically, read with ``weights_only=True``, with every RNG state a resume needs."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from iakd.errors import ConfigError
+
+__all__ = ["save_atomic", "load_file", "capture_rng", "restore_rng", "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = "iakd-checkpoint-v1"
+
+
+def save_atomic(obj: Any, path: str | Path) -> Path:
+    """torch.save to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_file(path: str | Path, *, what: str = "checkpoint", required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Read a torch file safely; a missing, corrupt or foreign file is a ConfigError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {path}: file not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle of arbitrary objects, not a torch file at all
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{what} {path}: unreadable or corrupt ({reason[:160]})") from None
+    if not isinstance(obj, dict) or any(k not in obj for k in required):
+        raise ConfigError(f"{what} {path}: not a {what} file (expected keys: {', '.join(required)})")
+    return obj
+
+
+def capture_rng(**generators: torch.Generator) -> dict[str, Any]:
+    """The global torch / numpy / python RNG states and those of the named generators, as weights-only data."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # numpy's state is a tuple holding an ndarray; stored as a tensor so weights_only can read it back
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": random.getstate(),
+        "generators": {name: g.get_state() for name, g in generators.items()},
+    }
+
+
+def restore_rng(state: dict[str, Any], **generators: torch.Generator) -> None:
+    """Put back what `capture_rng` took."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    for name, g in generators.items():
+        g.set_state(state["generators"][name])

@@ -1,0 +1,269 @@
+"""The run config: one typed object, built from YAML plus ``key=value`` overrides and validated once.
+
+Every error is a :class:`ConfigError` whose one-line message names the key, the value and what is allowed,
+so a typo stops a run (exit code 2 on the command line) before any data is read or any worker starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+
+from iakd import schedules
+from iakd.errors import ConfigError
+from iakd.methods import METHODS
+from iakd.models import ARCHS
+from iakd.units import parse_granularity
+
+__all__ = ["DataConfig", "TeacherConfig", "StudentConfig", "MethodConfig", "OptimConfig", "TrainConfig",
+           "load_config", "from_dict", "apply_overrides", "parse_overrides", "to_dict"]
+
+
+DEFAULT_SCHEDULE: dict[str, Any] = {"family": "linear", "p0": 0.5, "t_end": 0.8}
+
+
+@dataclass
+class DataConfig:
+    name: Literal["digits", "cifar10", "cifar100", "imagefolder"] = "digits"
+    dir: str = "data"
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    download: bool = False
+    image_size: int | None = None
+    num_workers: int = 4
+
+
+@dataclass
+class TeacherConfig:
+    arch: str = "resnet20"
+    checkpoint: str | None = None  # a trained teacher file; None trains one (cached) with the run's recipe
+    epochs: int | None = None  # teacher training epochs when one is trained; None = optim.epochs
+    cache_dir: str = "runs/teachers"
+
+
+@dataclass
+class StudentConfig:
+    arch: str = "resnet8"
+
+
+@dataclass
+class MethodConfig:
+    name: Literal["ce", "kd", "iakd", "iakd+kd"] = "iakd"
+    granularity: str | int = "stage"
+    ce_weight: float | None = None  # None: the method's standard value (kd 0.1, otherwise 1.0)
+    kd_weight: float | None = None  # None: kd 0.9, iakd+kd 0.9, iakd 0
+    temperature: float = 4.0
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 240
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    lr_schedule: Literal["multistep", "cosine"] = "multistep"
+    milestones: list[float] = field(default_factory=lambda: [0.625, 0.75, 0.875])  # fractions of the epochs
+    gamma: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    schedule: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SCHEDULE))
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    out_dir: str = "runs/train"
+    checkpoint_every: int = 1  # epochs between checkpoints; the last epoch is always written
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building a dataclass from a mapping, with a message that names the key
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+    elif origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, Mapping):
+            return _build(tp, value, key)
+    elif origin is list:
+        if isinstance(value, (list, tuple)):
+            (item,) = typing.get_args(tp)
+            return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    elif origin is dict:
+        if isinstance(value, Mapping):
+            return dict(value)
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 5e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a field type this module does not know is a programming error
+        raise TypeError(f"unsupported config type {tp!r} for {key}")
+    raise ConfigError(f"{key}: {value!r} is not {_type_name(tp)}")
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(names)}"
+            raise ConfigError(f"{full}: unknown key{hint}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def _check(cfg: TrainConfig) -> None:
+    """Value checks that types cannot express."""
+    def fail(key: str, value: Any, allowed: str) -> None:
+        raise ConfigError(f"{key}: {value!r} is not allowed; {allowed}")
+
+    for key, arch in (("student.arch", cfg.student.arch), ("teacher.arch", cfg.teacher.arch)):
+        if arch not in ARCHS:
+            fail(key, arch, f"known architectures: {', '.join(ARCHS)}")
+    if cfg.method.name not in METHODS:
+        fail("method.name", cfg.method.name, f"known: {', '.join(METHODS)}")
+    try:
+        cfg.method.granularity = parse_granularity(cfg.method.granularity)
+    except ConfigError as e:
+        raise ConfigError(f"method.{e}") from None
+    schedules.build(cfg.schedule, prefix="schedule")
+    if not 0.0 <= cfg.data.val_fraction < 1.0:
+        fail("data.val_fraction", cfg.data.val_fraction, "must be in [0, 1)")
+    positive = {"optim.epochs": cfg.optim.epochs, "optim.batch_size": cfg.optim.batch_size, "optim.lr": cfg.optim.lr,
+                "method.temperature": cfg.method.temperature, "checkpoint_every": cfg.checkpoint_every,
+                "data.num_workers": cfg.data.num_workers + 1}
+    if cfg.teacher.epochs is not None:
+        positive["teacher.epochs"] = cfg.teacher.epochs
+    if cfg.data.image_size is not None:
+        positive["data.image_size"] = cfg.data.image_size
+    for key, value in positive.items():
+        if value <= 0:
+            fail(key, value if key != "data.num_workers" else value - 1, "must be > 0" if key != "data.num_workers" else "must be >= 0")
+    for key, value in (("optim.momentum", cfg.optim.momentum), ("optim.gamma", cfg.optim.gamma)):
+        if not 0.0 <= value <= 1.0:
+            fail(key, value, "must be in [0, 1]")
+    for key, value in (("optim.weight_decay", cfg.optim.weight_decay), ("method.ce_weight", cfg.method.ce_weight),
+                       ("method.kd_weight", cfg.method.kd_weight)):
+        if value is not None and value < 0:
+            fail(key, value, "must be >= 0")
+    if any(not 0.0 < m < 1.0 for m in cfg.optim.milestones) or cfg.optim.milestones != sorted(cfg.optim.milestones):
+        fail("optim.milestones", cfg.optim.milestones, "must be increasing fractions of training in (0, 1)")
+
+
+def from_dict(values: Mapping[str, Any]) -> TrainConfig:
+    """Build and validate a TrainConfig from a nested mapping (missing keys take their defaults)."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"config: expected a mapping of sections, got {type(values).__name__}")
+    if isinstance(values.get("schedule"), Mapping):
+        # A partial schedule (e.g. only an override of schedule.p0) takes the other keys from the default.
+        values = {**values, "schedule": {**DEFAULT_SCHEDULE, **values["schedule"]}}
+    cfg = _build(TrainConfig, values)
+    _check(cfg)
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain nested dicts and lists (for YAML, MLflow params and Ray's param_space)."""
+    return dataclasses.asdict(cfg)
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["schedule.p0=0.3", "method.name=kd"]`` -> ``{"schedule.p0": 0.3, "method.name": "kd"}`` (values as YAML)."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. schedule.p0=0.3")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def apply_overrides(values: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Set dotted keys in a nested mapping (a copy); a key that walks into a non-mapping is an error."""
+    result = yaml.safe_load(yaml.safe_dump(dict(values)))  # deep copy of plain data
+    for dotted, value in overrides.items():
+        node = result
+        parts = dotted.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{'.'.join(parts[: i + 1])}: is a value, not a section; cannot set {dotted}")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from a file; a missing or malformed file is a ConfigError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] | Mapping[str, Any] = ()) -> TrainConfig:
+    """YAML file (or defaults) + overrides -> validated TrainConfig."""
+    values = read_yaml(path) if path is not None else {}
+    if not isinstance(overrides, Mapping):
+        overrides = parse_overrides(overrides)
+    return from_dict(apply_overrides(values, overrides))

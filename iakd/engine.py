@@ -1,0 +1,269 @@
+"""The training engine: one function, ``train(cfg)``, that every single run and every search trial calls.
+
+config -> (data, teacher, student, method, swap schedule) -> steps -> per-epoch metrics -> callbacks.
+Each epoch writes an atomic checkpoint holding everything an exact resume needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+import yaml
+
+from iakd import methods, models, schedules
+from iakd.checkpoint import CHECKPOINT_FORMAT, capture_rng, load_file, restore_rng, save_atomic
+from iakd.config import MethodConfig, StudentConfig, TrainConfig, to_dict
+from iakd.data import Dataset, load_dataset
+from iakd.errors import ConfigError
+from iakd.teachers import cache_path, load_teacher, save_teacher
+
+__all__ = ["Callback", "train", "evaluate", "prepare_teacher", "resolve_device", "checkpoint_extra", "TIMING_KEYS"]
+
+# Called after each epoch with its metrics and the checkpoint just written (or None); True asks to stop.
+Callback = Callable[[dict[str, Any], "Path | None"], "bool | None"]
+
+# Metrics that measure the machine, not the run: they differ between otherwise identical runs.
+TIMING_KEYS = ("epoch_seconds", "images_per_second")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA where there is one; asking for ``cuda`` without one is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' asked for, but no CUDA device is available; use device=auto or cpu")
+    return torch.device(name)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, split, batch_size: int = 256) -> float:
+    """Top-1 accuracy in percent of ``model`` (in eval mode) on a split; NaN for an empty split."""
+    if len(split) == 0:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for images, labels in split.batches(batch_size, shuffle=False, augment=False):
+        correct += (model(images).argmax(1) == labels).sum().item()
+    model.train(was_training)
+    return 100.0 * correct / len(split)
+
+
+def _lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
+    epochs = cfg.optim.epochs
+    if cfg.optim.lr_schedule == "cosine":
+        return lambda epoch: 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    # multistep: x gamma at each milestone (62.5 %, 75 %, 87.5 % of 240 epochs = 150, 180, 210)
+    steps = [round(m * epochs) for m in cfg.optim.milestones]
+    return lambda epoch: cfg.optim.gamma ** sum(epoch >= s for s in steps)
+
+
+def _teacher_config(cfg: TrainConfig) -> TrainConfig:
+    """The run that trains this config's teacher: method ce on the teacher's architecture, same data and recipe."""
+    optim = dataclasses.replace(cfg.optim, epochs=cfg.teacher.epochs or cfg.optim.epochs)
+    return dataclasses.replace(cfg, student=StudentConfig(arch=cfg.teacher.arch), method=MethodConfig(name="ce"),
+                               optim=optim, checkpoint_every=optim.epochs)
+
+
+def teacher_file(cfg: TrainConfig) -> Path:
+    """The teacher file this config uses: the given checkpoint, or the cache entry for its recipe."""
+    if cfg.teacher.checkpoint:
+        return Path(cfg.teacher.checkpoint)
+    t = _teacher_config(cfg)
+    data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("dir", "num_workers", "download")}
+    return cache_path(cfg.teacher.cache_dir, dataset=cfg.data.name, arch=cfg.teacher.arch,
+                      recipe={"data": data, "optim": to_dict(t.optim)}, seed=cfg.seed)
+
+
+def prepare_teacher(cfg: TrainConfig, log: Callable[[str], None] = print) -> Path:
+    """Make sure the teacher file exists: the given checkpoint must; a cached one is trained when missing."""
+    path = teacher_file(cfg)
+    if cfg.teacher.checkpoint:
+        if not path.is_file():
+            raise ConfigError(f"teacher.checkpoint: {path} not found")
+        return path
+    if path.is_file():
+        log(f"teacher {cfg.teacher.arch}: reusing {path}")
+        return path
+    t_cfg = dataclasses.replace(_teacher_config(cfg), out_dir=str(path.with_suffix("")) + "-run")
+    log(f"teacher {cfg.teacher.arch}: training {t_cfg.optim.epochs} epochs on {cfg.data.name} -> {path}")
+    result = train(t_cfg, log=log, prepare=False)
+    if result["status"] != "finished":
+        raise RuntimeError(f"teacher training {result['status']}: {result['message']}")
+    student = models.build(cfg.teacher.arch, result["num_classes"])
+    student.load_state_dict(load_file(Path(t_cfg.out_dir) / "student.pt", required=("model",))["model"])
+    save_teacher(path, student, arch=cfg.teacher.arch, dataset=cfg.data.name, num_classes=result["num_classes"],
+                 accuracy=result["last_test_acc"], config=to_dict(t_cfg))
+    return path
+
+
+def checkpoint_extra(path: str | Path) -> dict[str, Any]:
+    """The free-form ``extra`` dict of a checkpoint (the search keeps its MLflow run id there)."""
+    return dict(load_file(path, required=("format", "extra"))["extra"])
+
+
+def _load_data(cfg: TrainConfig, device: torch.device) -> Dataset:
+    d = cfg.data
+    return load_dataset(d.name, d.dir, val_fraction=d.val_fraction, split_seed=d.split_seed, device=device,
+                        download=d.download, image_size=d.image_size, num_workers=d.num_workers)
+
+
+def train(
+    cfg: TrainConfig,
+    callbacks: Iterable[Callback] = (),
+    *,
+    resume_from: str | Path | None = None,
+    extra: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+    prepare: bool = True,
+) -> dict[str, Any]:
+    """Train one student (or, with method ``ce``, one network alone) and return the final metrics.
+
+    ``resume_from`` continues from a checkpoint exactly; ``extra`` is stored in every checkpoint. The result
+    has ``status`` (finished, stopped or diverged), ``message``, ``history`` (per-epoch metrics) and the
+    final figures (best/last val accuracy, last test accuracy).
+    """
+    callbacks = list(callbacks)
+    device = resolve_device(cfg.device)
+    out_dir = Path(cfg.out_dir)
+    _seed_everything(cfg.seed)
+    dataset = _load_data(cfg, device)
+    pair = f"{cfg.teacher.arch} -> {cfg.student.arch}"
+
+    teacher, teacher_acc = None, None
+    if cfg.method.name != "ce":
+        path = prepare_teacher(cfg, log) if prepare else teacher_file(cfg)
+        teacher = load_teacher(path, cfg.teacher.arch, dataset.num_classes).to(device)
+        teacher_acc = evaluate(teacher, dataset.test)
+        log(f"teacher {cfg.teacher.arch} from {path}: test acc {teacher_acc:.2f}%")
+    student = models.build(cfg.student.arch, dataset.num_classes)
+    m = cfg.method
+    method = methods.build(m.name, student, teacher, granularity=m.granularity, ce_weight=m.ce_weight,
+                           kd_weight=m.kd_weight, temperature=m.temperature, seed=cfg.seed,
+                           input_size=dataset.image_size, pair=pair).to(device)
+    schedule = schedules.build(cfg.schedule)
+    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg))
+    aug_generator = torch.Generator().manual_seed(cfg.seed)
+    swap_generator = getattr(method, "swap_generator", torch.Generator())
+    steps_per_epoch = math.ceil(len(dataset.train) / cfg.optim.batch_size)
+    total_steps = cfg.optim.epochs * steps_per_epoch
+
+    start_epoch, step, history, extra = 0, 0, [], dict(extra or {})
+    if resume_from is not None:
+        state = load_file(resume_from, required=("format", "epoch", "trainable", "optimizer", "rng"))
+        if state["format"] != CHECKPOINT_FORMAT:
+            raise ConfigError(f"checkpoint {resume_from}: format {state['format']!r}, expected {CHECKPOINT_FORMAT!r}")
+        try:
+            method.load_trainable_state_dict(state["trainable"])
+        except (KeyError, RuntimeError) as e:
+            raise ConfigError(f"checkpoint {resume_from}: does not fit this config ({str(e)[:160]})") from None
+        optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        restore_rng(state["rng"], aug=aug_generator, swap=swap_generator)
+        start_epoch, step, history = state["epoch"], state["step"], list(state["history"])
+        extra = {**state["extra"], **extra}
+        log(f"resumed from {resume_from} at epoch {start_epoch}")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    status, message = "finished", f"trained {cfg.optim.epochs} epochs"
+    for epoch in range(start_epoch, cfg.optim.epochs):
+        method.train()
+        started = time.perf_counter()
+        sums: dict[str, float] = {}
+        seen = correct = swapped = swap_draws = 0
+        prob_sum = 0.0
+        for images, labels in dataset.train.batches(cfg.optim.batch_size, shuffle=True, augment=True,
+                                                    generator=aug_generator):
+            progress = step / total_steps
+            if method.uses_swap:
+                method.swap_prob = schedule.unit_probs(progress, method.num_units)
+            logits, losses = method.forward_train(images, labels)
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                status, message = "diverged", f"diverged at epoch {epoch + 1}: loss is {loss.item()}"
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            n = labels.shape[0]
+            seen += n
+            correct += (logits.argmax(1) == labels).sum().item()
+            sums["train_loss"] = sums.get("train_loss", 0.0) + loss.item() * n
+            for name, value in losses.items():
+                sums[name] = sums.get(name, 0.0) + value.item() * n
+            prob_sum += schedule(progress) if method.uses_swap else 0.0
+            if method.uses_swap:
+                swapped += sum(method.last_swap)
+                swap_draws += method.num_units
+        if status == "diverged":
+            log(message)
+            break
+        lr = optimizer.param_groups[0]["lr"]
+        lr_scheduler.step()
+        seconds = time.perf_counter() - started
+        batches = math.ceil(seen / cfg.optim.batch_size)
+        metrics = {
+            "epoch": epoch + 1,
+            **{k: v / seen for k, v in sums.items()},
+            "train_acc": 100.0 * correct / seen,
+            "val_acc": evaluate(method, dataset.val),
+            "test_acc": evaluate(method, dataset.test),
+            "lr": lr,
+            "swap_prob": prob_sum / batches,
+            "swap_rate": swapped / swap_draws if swap_draws else 0.0,
+            "epoch_seconds": seconds,
+            "images_per_second": seen / seconds,
+        }
+        history.append(metrics)
+        log(f"epoch {epoch + 1:>3}/{cfg.optim.epochs}  loss {metrics['train_loss']:.4f}  train {metrics['train_acc']:5.1f}%  "
+            f"val {metrics['val_acc']:5.1f}%  test {metrics['test_acc']:5.1f}%  p {metrics['swap_prob']:.3f}  "
+            f"lr {lr:.4g}  {seconds:.1f}s ({metrics['images_per_second']:.0f} img/s)")
+        checkpoint = None
+        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.optim.epochs:
+            checkpoint = save_atomic({
+                "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "step": step, "config": to_dict(cfg),
+                "trainable": method.trainable_state_dict(), "optimizer": optimizer.state_dict(),
+                "lr_scheduler": lr_scheduler.state_dict(),
+                "rng": capture_rng(aug=aug_generator, swap=swap_generator),
+                "history": history, "extra": extra,
+            }, out_dir / "checkpoint.pt")
+        (out_dir / "metrics.json").write_text(json.dumps(history, indent=1))
+        if any([cb(metrics, checkpoint) for cb in callbacks]):  # every callback sees every epoch
+            status, message = "stopped", f"stopped by a callback after epoch {epoch + 1}"
+            break
+
+    save_teacher(out_dir / "student.pt", method.student, arch=cfg.student.arch, dataset=cfg.data.name,
+                 num_classes=dataset.num_classes, accuracy=history[-1]["test_acc"] if history else None,
+                 config=to_dict(cfg))
+    val = [h["val_acc"] for h in history if not math.isnan(h["val_acc"])]
+    best = max(range(len(history)), key=lambda i: history[i]["val_acc"], default=None) if val else None
+    return {
+        "status": status,
+        "message": message,
+        "epochs": len(history),
+        "num_classes": dataset.num_classes,
+        "teacher_test_acc": teacher_acc,
+        "best_val_acc": history[best]["val_acc"] if best is not None else float("nan"),
+        "best_epoch": history[best]["epoch"] if best is not None else None,
+        "last_val_acc": history[-1]["val_acc"] if history else float("nan"),
+        "last_test_acc": history[-1]["test_acc"] if history else float("nan"),
+        "history": history,
+    }

@@ -1,0 +1,147 @@
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from iakd.config import load_config
+from iakd.engine import TIMING_KEYS, checkpoint_extra, prepare_teacher, train
+from iakd.errors import ConfigError
+
+# 8x8 digits keep every run here to a few seconds on two cores.
+FAST = ["data.image_size=8", "optim.batch_size=32", "optim.lr=0.1", "optim.lr_schedule=cosine"]
+
+
+def quiet(_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def teacher_cache(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("teachers")
+    cfg = load_config(overrides=FAST + ["teacher.arch=resnet14", "teacher.epochs=6", f"teacher.cache_dir={cache}"])
+    prepare_teacher(cfg, log=quiet)
+    return cache
+
+
+def student_config(tmp_path, teacher_cache, *extra):
+    return load_config(overrides=FAST + ["teacher.arch=resnet14", "teacher.epochs=6", f"teacher.cache_dir={teacher_cache}",
+                                         "student.arch=resnet8", "optim.epochs=5", f"out_dir={tmp_path}", *extra])
+
+
+def test_teacher_is_trained_once_and_reused(teacher_cache, tmp_path):
+    files = list(teacher_cache.glob("*.pth"))
+    assert len(files) == 1
+    before = files[0].stat().st_mtime_ns
+    messages = []
+    prepare_teacher(student_config(tmp_path, teacher_cache), log=messages.append)
+    assert files[0].stat().st_mtime_ns == before and messages == [f"teacher resnet14: reusing {files[0]}"]
+    meta = torch.load(files[0], weights_only=True)
+    assert meta["arch"] == "resnet14" and meta["num_classes"] == 10 and meta["accuracy"] > 80
+
+
+@pytest.mark.parametrize("method", ["ce", "kd", "iakd", "iakd+kd"])
+def test_short_digits_run_of_each_method_is_well_above_chance(method, tmp_path, teacher_cache):
+    result = train(student_config(tmp_path, teacher_cache, f"method.name={method}", "schedule.p0=0.3"), log=quiet)
+    assert result["status"] == "finished" and result["epochs"] == 5
+    assert result["last_val_acc"] > 50 and result["last_test_acc"] > 50  # chance is 10 %
+    if method != "ce":
+        assert result["teacher_test_acc"] > 80
+
+
+def test_epoch_metrics_hold_every_documented_key(tmp_path, teacher_cache):
+    seen = []
+    train(student_config(tmp_path, teacher_cache, "optim.epochs=2", "method.name=iakd+kd",
+                         "schedule={family: constant, p0: 1.0, t_end: 1.0}"), [lambda m, c: seen.append((m, c))], log=quiet)
+    metrics, checkpoint = seen[-1]
+    assert set(metrics) == {"epoch", "train_loss", "loss_ce", "loss_kd", "train_acc", "val_acc", "test_acc", "lr",
+                            "swap_prob", "swap_rate", "epoch_seconds", "images_per_second"}
+    assert [m["epoch"] for m, _ in seen] == [1, 2]
+    assert metrics["swap_prob"] == 1.0 and metrics["swap_rate"] == 1.0  # p = 1: every unit swapped every step
+    assert metrics["train_loss"] == pytest.approx(metrics["loss_ce"] + metrics["loss_kd"], rel=1e-6)
+    assert checkpoint == tmp_path / "checkpoint.pt" and checkpoint.is_file()
+    assert json.loads((tmp_path / "metrics.json").read_text())[-1]["epoch"] == 2
+    assert (tmp_path / "student.pt").is_file() and (tmp_path / "config.yaml").is_file()
+
+
+def test_swap_rate_follows_the_schedule(tmp_path, teacher_cache):
+    result = train(student_config(tmp_path, teacher_cache, "optim.epochs=4", "schedule={family: linear, p0: 0.8, t_end: 0.5}"), log=quiet)
+    rates = [h["swap_rate"] for h in result["history"]]
+    probs = [h["swap_prob"] for h in result["history"]]
+    assert probs[0] == pytest.approx(0.6, abs=0.05) and probs[2] == probs[3] == 0.0
+    assert rates[0] > rates[1] > 0 and rates[2] == rates[3] == 0.0
+
+
+def _without_timing(history):
+    return [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in history]
+
+
+@pytest.mark.parametrize("method", ["iakd+kd", "kd"])
+def test_resume_from_epoch_k_equals_an_uninterrupted_run(method, tmp_path, teacher_cache):
+    straight = train(student_config(tmp_path / "straight", teacher_cache, "optim.epochs=4", f"method.name={method}"), log=quiet)
+    first = student_config(tmp_path / "split", teacher_cache, "optim.epochs=4", f"method.name={method}")
+    train(first, [lambda m, c: m["epoch"] == 2], extra={"mlflow_run_id": "abc"}, log=quiet)
+    assert checkpoint_extra(tmp_path / "split" / "checkpoint.pt") == {"mlflow_run_id": "abc"}
+    resumed = train(first, resume_from=tmp_path / "split" / "checkpoint.pt", log=quiet)
+    assert _without_timing(resumed["history"]) == _without_timing(straight["history"])
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
+    assert a["trainable"].keys() == b["trainable"].keys()
+    for key in a["trainable"]:
+        assert torch.equal(a["trainable"][key], b["trainable"][key]), key
+    assert b["extra"] == {"mlflow_run_id": "abc"} and b["step"] == a["step"]
+
+
+def test_callback_stop_ends_the_run_with_stopped_status(tmp_path, teacher_cache):
+    result = train(student_config(tmp_path, teacher_cache, "method.name=ce"), [lambda m, c: m["epoch"] >= 2], log=quiet)
+    assert result["status"] == "stopped" and result["epochs"] == 2
+
+
+def test_nan_loss_ends_with_diverged_at_epoch(tmp_path, teacher_cache):
+    result = train(student_config(tmp_path, teacher_cache, "method.name=ce", "optim.lr=1e30"), log=quiet)
+    assert result["status"] == "diverged"
+    assert result["message"].startswith("diverged at epoch 1")
+    assert math.isnan(result["last_val_acc"])
+
+
+def test_corrupt_or_foreign_checkpoint_fails_naming_the_file(tmp_path, teacher_cache):
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_bytes(b"not a checkpoint")
+    cfg = student_config(tmp_path / "out", teacher_cache, "method.name=ce")
+    with pytest.raises(ConfigError, match=r"checkpoint .*checkpoint\.pt: unreadable or corrupt"):
+        train(cfg, resume_from=bad, log=quiet)
+    train(cfg, [lambda m, c: True], log=quiet)
+    other = student_config(tmp_path / "other", teacher_cache, "method.name=ce", "student.arch=resnet14")
+    with pytest.raises(ConfigError, match=r"checkpoint .*checkpoint\.pt: does not fit this config"):
+        train(other, resume_from=tmp_path / "out" / "checkpoint.pt", log=quiet)
+
+
+def test_missing_teacher_checkpoint_is_named(tmp_path):
+    cfg = load_config(overrides=FAST + [f"teacher.checkpoint={tmp_path}/nope.pth", "method.name=kd", f"out_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"teacher\.checkpoint: .*nope\.pth not found"):
+        train(cfg, log=quiet)
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "iakd.train", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_command_line_prints_progress_and_writes_outputs(tmp_path, teacher_cache):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"teacher: {{arch: resnet14, epochs: 6, cache_dir: {teacher_cache}}}\nmethod: {{name: iakd}}\n")
+    proc = _cli("--config", str(config), "--out", str(tmp_path / "out"), *FAST, "optim.epochs=2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch   1/2" in proc.stdout and "epoch   2/2" in proc.stdout and "finished" in proc.stdout
+    assert len(json.loads((tmp_path / "out" / "metrics.json").read_text())) == 2
+
+
+def test_command_line_bad_key_exits_2_with_one_line(tmp_path):
+    proc = _cli("--config", "nope.yaml", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: config file nope.yaml not found"
+    config = tmp_path / "run.yaml"
+    config.write_text("optim: {lrr: 0.1}\n")
+    proc = _cli("--config", str(config), cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: optim.lrr: unknown key; did you mean 'lr'?"
+    assert not (tmp_path / "runs").exists()  # nothing was written

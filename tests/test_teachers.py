@@ -1,0 +1,63 @@
+import pytest
+import torch
+
+from iakd import models
+from iakd.errors import ConfigError
+from iakd.teachers import cache_path, load_teacher, save_teacher
+
+
+def test_save_and_load_round_trip_keeps_weights_and_metadata(tmp_path):
+    model = models.build("resnet14", 10)
+    path = save_teacher(tmp_path / "t.pth", model, arch="resnet14", dataset="digits", num_classes=10, accuracy=97.5,
+                        config={"seed": 0})
+    loaded = load_teacher(path, "resnet14", 10)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+    meta = torch.load(path, weights_only=True)
+    assert (meta["arch"], meta["dataset"], meta["num_classes"], meta["accuracy"]) == ("resnet14", "digits", 10, 97.5)
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+
+
+def test_repdistiller_file_loads_as_it_is(tmp_path):
+    model = models.build("wrn_40_2", 100)
+    folder = tmp_path / "wrn_40_2_vanilla"
+    folder.mkdir()
+    torch.save({"model": model.state_dict(), "epoch": 240, "accuracy": 75.61}, folder / "ckpt_epoch_240.pth")
+    loaded = load_teacher(folder / "ckpt_epoch_240.pth", "wrn_40_2", 100)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(loaded(x), model.eval()(x))
+
+
+def test_wrong_class_count_and_wrong_architecture_are_named(tmp_path):
+    path = tmp_path / "t.pth"
+    save_teacher(path, models.build("resnet20", 100), arch="resnet20", dataset="cifar100", num_classes=100, accuracy=None)
+    with pytest.raises(ConfigError, match=r"t\.pth: has 100 classes, the dataset has 10"):
+        load_teacher(path, "resnet20", 10)
+    with pytest.raises(ConfigError, match=r"t\.pth: holds a 'resnet20', but teacher\.arch is 'resnet56'"):
+        load_teacher(path, "resnet56", 100)
+    torch.save({"model": models.build("resnet20", 100).state_dict()}, tmp_path / "bare.pth")
+    with pytest.raises(ConfigError, match=r"bare\.pth: does not fit 'resnet56'"):
+        load_teacher(tmp_path / "bare.pth", "resnet56", 100)
+
+
+def test_truncated_and_foreign_files_fail_cleanly(tmp_path):
+    good = save_teacher(tmp_path / "t.pth", models.build("resnet8", 10), arch="resnet8", dataset="digits",
+                        num_classes=10, accuracy=None)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[:1000])
+    with pytest.raises(ConfigError, match=r"teacher checkpoint .*truncated\.pth: unreadable or corrupt"):
+        load_teacher(truncated, "resnet8", 10)
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"weights": {}}, foreign)
+    with pytest.raises(ConfigError, match=r"foreign\.pth: not a teacher checkpoint file \(expected keys: model\)"):
+        load_teacher(foreign, "resnet8", 10)
+    with pytest.raises(ConfigError, match=r"missing\.pth: file not found"):
+        load_teacher(tmp_path / "missing.pth", "resnet8", 10)
+
+
+def test_cache_key_separates_recipes_and_seeds(tmp_path):
+    a = cache_path(tmp_path, dataset="digits", arch="resnet20", recipe={"epochs": 5}, seed=0)
+    assert a == cache_path(tmp_path, dataset="digits", arch="resnet20", recipe={"epochs": 5}, seed=0)
+    assert a != cache_path(tmp_path, dataset="digits", arch="resnet20", recipe={"epochs": 6}, seed=0)
+    assert a != cache_path(tmp_path, dataset="digits", arch="resnet20", recipe={"epochs": 5}, seed=1)
+    assert a.name.startswith("digits-resnet20-")
