@@ -1,0 +1,360 @@
+"""The MLflow edge of the project: one parent run per sweep, one nested child run per trial.
+
+Everything goes through :class:`mlflow.tracking.MlflowClient` with explicit run ids. The fluent API
+(``mlflow.start_run`` and friends) keeps a global "active run" per process/thread, which is wrong here:
+trials run in Ray worker processes and threads, possibly on other nodes talking to an ``http://`` server,
+and a trial restored from a checkpoint must keep writing to the run it started.
+
+Callers pass a tracking URI and ids around (strings survive pickling into Ray workers); clients are cheap
+to build because MLflow caches one store (and one SQL engine) per URI in each process.
+
+Two MLflow 3 behaviours this module relies on or works around:
+
+* The file store (``./mlruns``) is gone for tracking: use ``sqlite:///path/mlflow.db`` or ``http://...``.
+* With a SQL tracking URI the client's default artifact root is ``./mlruns`` *relative to the current
+  directory of whichever process opened the store*. :func:`connect` therefore gives each new experiment an
+  explicit artifact location next to the database file.
+
+Relative sqlite paths are resolved against the current directory too, and Ray changes it to the trial
+folder in workers: hand workers :func:`absolute_uri` of the URI, not the URI as typed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from sqlalchemy.engine import make_url
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "MAX_PARAM_LENGTH",
+    "TrialRun",
+    "absolute_uri",
+    "child_runs",
+    "connect",
+    "finish_parent_run",
+    "flatten",
+    "start_parent_run",
+]
+
+# MLflow's limits (mlflow.utils.validation): longer values are rejected, or truncated with a warning,
+# depending on MLFLOW_TRUNCATE_LONG_VALUES; truncating here makes the result the same everywhere.
+MAX_PARAM_LENGTH = 6000
+MAX_TAG_LENGTH = 8000
+_ELLIPSIS = "..."
+
+# Statuses a run can still leave; anything else (FINISHED, FAILED, KILLED) is final.
+_OPEN_STATUSES = frozenset({"RUNNING", "SCHEDULED"})
+
+# Runs per search_runs page (MLflow's own default); a module constant so tests can page with few runs.
+_PAGE_SIZE = 1000
+
+
+# --------------------------------------------------------------------------------------------- values
+
+
+def _truncate(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, ending in ``...`` when it was cut (so a reader can tell)."""
+    return text if len(text) <= limit else text[: limit - len(_ELLIPSIS)] + _ELLIPSIS
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        # Compact JSON reads better in the UI than Python's repr and round-trips with json.loads;
+        # default=str keeps odd members (paths, enums) instead of failing the whole sweep.
+        return json.dumps(value, separators=(",", ":"), default=str)
+    return str(value)  # None -> "None", True -> "True", 0.3 -> "0.3"
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mappings as flat MLflow params: ``{"a": {"b": 1}} -> {"a.b": "1"}``.
+
+    Lists and tuples become compact JSON (``[1,2]``), ``None`` becomes ``"None"``, an empty mapping
+    becomes ``"{}"`` (so the key is still visible), and every value is cut to :data:`MAX_PARAM_LENGTH`.
+    """
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = _truncate("{}" if isinstance(value, Mapping) else _render(value), MAX_PARAM_LENGTH)
+    return flat
+
+
+def _as_float(value: Any) -> float | None:
+    """A metric value, or None for things that are not one number (strings, dicts, None, arrays)."""
+    if value is None or isinstance(value, (str, bytes)):
+        return None  # float("3") would succeed, but a string in a result dict is not a metric
+    try:
+        return float(value)  # ints, bools (0/1), numpy scalars, 0-d tensors
+    except (TypeError, ValueError):
+        return None
+
+
+def _metrics(metrics: Mapping[str, Any], step: int) -> list[Metric]:
+    now = int(time.time() * 1000)
+    numbers = ((key, _as_float(value)) for key, value in metrics.items())
+    return [Metric(key, number, now, step) for key, number in numbers if number is not None]
+
+
+def _tags(tags: Mapping[str, Any]) -> list[RunTag]:
+    return [RunTag(key, _truncate(str(value), MAX_TAG_LENGTH)) for key, value in tags.items()]
+
+
+def _tag_dict(tags: Mapping[str, Any] | None) -> dict[str, str]:
+    return {tag.key: tag.value for tag in _tags(tags or {})}
+
+
+def _params(params: Mapping[str, Any]) -> list[Param]:
+    return [Param(key, value) for key, value in flatten(params).items()]
+
+
+# ----------------------------------------------------------------------------------------- connection
+
+
+def _sqlite_file(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:`` URI (relative as written), or None for other stores/in-memory."""
+    if not tracking_uri.startswith("sqlite:"):
+        return None
+    database = make_url(tracking_uri).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def absolute_uri(tracking_uri: str) -> str:
+    """``tracking_uri`` with a relative sqlite path made absolute; any other URI unchanged.
+
+    Ray runs trials with the trial folder as current directory, so ``sqlite:///mlflow.db`` would open a
+    different, empty database in every worker. The driver should pass workers this form.
+    """
+    path = _sqlite_file(tracking_uri)
+    if path is None or path.is_absolute():
+        return tracking_uri
+    url = make_url(tracking_uri).set(database=str(path.resolve()))
+    return url.render_as_string(hide_password=False)
+
+
+def _client(tracking_uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """``file://<db folder>/mlartifacts/<experiment>`` for sqlite; None lets a server choose its own."""
+    path = _sqlite_file(tracking_uri)
+    if path is None:
+        return None
+    folder = re.sub(r"[\\/:]+", "_", experiment)  # experiment names may hold '/' (e.g. "team/sweep")
+    return (path.resolve().parent / "mlartifacts" / folder).as_uri()
+
+
+@contextmanager
+def _sqlite_setup_lock(tracking_uri: str) -> Iterator[None]:
+    """Hold an exclusive lock on the sqlite file's folder (creating it); a no-op for other URIs.
+
+    Opening a fresh database makes MLflow create its tables and run every migration, and two processes
+    doing that at once fail ("table metrics already exists", alembic version mismatches). flock on the
+    folder serializes that without leaving a lock file behind.
+    """
+    path = _sqlite_file(tracking_uri)
+    if path is None:
+        yield
+        return
+    folder = path.resolve().parent
+    folder.mkdir(parents=True, exist_ok=True)  # sqlite creates the file but not its folder
+    if fcntl is None:  # Windows: no flock; fine for one process, which is all sqlite is good for there
+        yield
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
+
+
+def connect(tracking_uri: str, experiment: str) -> str:
+    """Get or create the experiment named ``experiment`` and return its id.
+
+    Idempotent, and safe when several processes call it at once: for sqlite the first one creates the
+    database while the others wait; against a server, the loser of a creation race gets MLflow's
+    RESOURCE_ALREADY_EXISTS and reads the winner's experiment. A deleted experiment of that name is
+    restored, since MLflow would refuse to create a new one under the same name anyway.
+    """
+    with _sqlite_setup_lock(tracking_uri):
+        client = _client(tracking_uri)  # builds the store, hence the tables, under the lock
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            try:
+                location = _artifact_location(tracking_uri, experiment)
+                return client.create_experiment(experiment, artifact_location=location)
+            except MlflowException as error:
+                if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            found = client.get_experiment_by_name(experiment)
+            if found is None:  # created and deleted again in between: nothing sensible left to do
+                raise MlflowException(f"experiment {experiment!r} vanished while being created")
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+        return found.experiment_id
+
+
+# ---------------------------------------------------------------------------------------- parent runs
+
+
+def start_parent_run(
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+    *,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+    run_id: str | None = None,
+    dicts: Mapping[str, Mapping[str, Any]] | None = None,
+) -> str:
+    """Create the sweep's parent run, or re-open ``run_id`` when resuming a sweep; return its id.
+
+    A new run gets ``params`` (flattened) and ``tags``. A resumed run only gets ``tags`` and goes back to
+    RUNNING: its params are already there, and MLflow refuses to change a logged param's value.
+    ``dicts`` maps artifact file names to dicts written with :meth:`MlflowClient.log_dict`
+    (``.json``/``.yaml`` chosen by the name), e.g. ``{"search_space.yaml": space}``.
+    """
+    if run_id is None:
+        experiment_id = connect(tracking_uri, experiment)  # first: it may create the database
+        client = _client(tracking_uri)
+        run_id = client.create_run(experiment_id, tags=_tag_dict(tags), run_name=run_name).info.run_id
+        client.log_batch(run_id, params=_params(params or {}))
+    else:
+        client = _client(tracking_uri)
+        client.update_run(run_id, status="RUNNING")
+        client.log_batch(run_id, tags=_tags(tags or {}))
+    for artifact_file, obj in (dicts or {}).items():
+        client.log_dict(run_id, dict(obj), artifact_file)
+    return run_id
+
+
+def finish_parent_run(
+    tracking_uri: str,
+    run_id: str,
+    *,
+    metrics: Mapping[str, float] | None = None,
+    tags: Mapping[str, Any] | None = None,
+    status: str = "FINISHED",
+) -> None:
+    """Log the sweep's final ``metrics`` and ``tags``, close every open child as KILLED, then the parent.
+
+    A trial stopped by the scheduler, or whose worker died, never calls :meth:`TrialRun.finish`; without
+    this sweep its run would show RUNNING forever.
+    """
+    client = _client(tracking_uri)
+    client.log_batch(run_id, metrics=_metrics(metrics or {}, step=0), tags=_tags(tags or {}))
+    for child in child_runs(tracking_uri, run_id):
+        if child.info.status in _OPEN_STATUSES:
+            client.set_terminated(child.info.run_id, status="KILLED")
+    client.set_terminated(run_id, status=status)
+
+
+def child_runs(tracking_uri: str, parent_run_id: str) -> list[Run]:
+    """Every live run tagged with ``mlflow.parentRunId == parent_run_id`` (all result pages)."""
+    client = _client(tracking_uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id  # children live next to the parent
+    runs: list[Run] = []
+    page_token: str | None = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.{MLFLOW_PARENT_RUN_ID} = '{parent_run_id}'",
+            max_results=_PAGE_SIZE,
+            page_token=page_token,
+        )
+        runs.extend(page)
+        page_token = page.token
+        if not page_token:
+            return runs
+
+
+# ------------------------------------------------------------------------------------------ trial runs
+
+
+class TrialRun:
+    """One child run per trial: created once, continued after a restart (its id lives in the checkpoint).
+
+    Metrics: only values that convert to one float are logged (bools as 0/1; strings, dicts and ``None``
+    are skipped). NaN and inf are logged as they are: a diverged trial is a result worth seeing. MLflow
+    returns NaN as NaN; the SQL store clamps +-inf to +-1.7976931348623157e308 (the largest float).
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        *,
+        parent_run_id: str | None,
+        run_name: str,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        if run_id is None:
+            experiment_id = connect(tracking_uri, experiment)  # first: it may create the database
+            self._client = _client(tracking_uri)
+            run_tags = _tag_dict(tags)
+            if parent_run_id is not None:
+                run_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id  # this tag nests the run in the UI
+            run = self._client.create_run(experiment_id, tags=run_tags, run_name=run_name)
+            self._run_id = run.info.run_id
+            self._client.log_batch(self._run_id, params=_params(params or {}))
+        else:
+            # Continue the same run: re-logging params could only fail (a changed value is refused).
+            self._client = _client(tracking_uri)
+            self._run_id = run_id
+            self._client.update_run(run_id, status="RUNNING")
+            self.set_tags(tags or {})
+
+    @property
+    def run_id(self) -> str:
+        """The MLflow run id; store it in the trial checkpoint to continue this run after a restart."""
+        return self._run_id
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        """Log the numeric values of ``metrics`` at ``step`` (e.g. the epoch) in one batch call."""
+        self._client.log_batch(self._run_id, metrics=_metrics(metrics, step))
+
+    def log_final(self, metrics: Mapping[str, float]) -> None:
+        """Log summary metrics at step 0; use names apart from the per-step ones (e.g. ``best_val_acc``)."""
+        self._client.log_batch(self._run_id, metrics=_metrics(metrics, step=0))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Copy a local file or folder into the run's artifacts, under ``artifact_path`` if given."""
+        self._client.log_artifact(self._run_id, str(path), artifact_path)
+
+    def log_dict(self, obj: Mapping[str, Any], artifact_file: str) -> None:
+        """Write ``obj`` as the artifact ``artifact_file`` (YAML for ``.yaml``/``.yml``, JSON otherwise)."""
+        self._client.log_dict(self._run_id, dict(obj), artifact_file)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set (or overwrite) tags on the run."""
+        self._client.log_batch(self._run_id, tags=_tags(tags))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Close the run as ``FINISHED``, ``FAILED`` or ``KILLED``."""
+        self._client.set_terminated(self._run_id, status=status)
+
+    def __repr__(self) -> str:
+        return f"TrialRun(run_id={self._run_id!r})"
