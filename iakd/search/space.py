@@ -1,0 +1,347 @@
+"""The search space of a sweep: dotted run-config keys mapped to what Optuna may pick for them.
+
+The experiment YAML declares it as ``space:``, one entry per dotted key of the run config::
+
+    schedule.family: [linear, cosine, exponential]   # a list: a categorical choice
+    schedule.p0: {low: 0.1, high: 1.0}               # a float range (optional log: true, optional step)
+    optim.epochs: {low: 100, high: 240, type: int}   # an integer range
+    method.granularity: auto                         # every granularity valid for the student/teacher pair
+    optim.lr: 0.05                                   # a scalar: fixed, not searched, still part of every trial
+
+Some keys only mean something under another key's value (see `CONDITIONS`): ``schedule.rate`` for the
+exponential family, ``schedule.interval`` for step, ``method.kd_weight`` for methods with a KD term. They are
+suggested (or, if fixed, returned) only when their condition holds, so TPE never models a parameter that the
+trial does not use, and every trial's overrides build a valid run config through `apply_trial`.
+
+Everything is validated once, in `build_space`, before Ray starts: an error is a ConfigError naming
+``space.<key>`` and the bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence, Union
+
+import optuna
+
+from iakd import schedules
+from iakd.config import TrainConfig, apply_overrides, from_dict
+from iakd.errors import ConfigError
+from iakd.schedules import FAMILIES
+from iakd.units import parse_granularity
+
+__all__ = ["Choice", "FloatRange", "IntRange", "Fixed", "ParamSpec", "SearchSpace", "CONDITIONS",
+           "build_space", "trial_overrides", "apply_trial"]
+
+# The methods whose loss has a KD term, i.e. the ones that read method.kd_weight.
+_KD_METHODS = frozenset({"kd", "iakd+kd"})
+
+# key -> (controlling key, the controlling values under which the key is used).
+CONDITIONS: dict[str, tuple[str, frozenset[Any]]] = {
+    **{
+        f"schedule.{extra}": ("schedule.family", frozenset(f for f, keys in FAMILIES.items() if extra in keys))
+        for extra in sorted({k for keys in FAMILIES.values() for k in keys})
+    },
+    "method.kd_weight": ("method.name", _KD_METHODS),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parameter specs
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A categorical choice; values may mix str and int (Optuna accepts None, bool, int, float and str)."""
+
+    values: tuple[Any, ...]
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        return trial.suggest_categorical(name, list(self.values))
+
+    def to_yaml(self) -> list[Any]:
+        return list(self.values)
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    """A float in [low, high], uniform or log-uniform, optionally on a grid of ``step``."""
+
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+    def suggest(self, trial: optuna.Trial, name: str) -> float:
+        return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
+
+    def to_yaml(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"low": self.low, "high": self.high}
+        if self.log:
+            out["log"] = True
+        if self.step is not None:
+            out["step"] = self.step
+        return out
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """An integer in [low, high], uniform or log-uniform, every ``step``."""
+
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+
+    def suggest(self, trial: optuna.Trial, name: str) -> int:
+        return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
+
+    def to_yaml(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"low": self.low, "high": self.high, "type": "int"}
+        if self.log:
+            out["log"] = True
+        if self.step != 1:
+            out["step"] = self.step
+        return out
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """A value every trial gets, not searched."""
+
+    value: Any
+
+    def to_yaml(self) -> Any:
+        return self.value
+
+
+ParamSpec = Union[Choice, FloatRange, IntRange, Fixed]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The space
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Parsed, validated specs by dotted run-config key (in declaration order)."""
+
+    params: dict[str, ParamSpec]
+
+    def define_by_run(self, trial: optuna.Trial) -> dict[str, Any]:
+        """For ``OptunaSearch(space=...)``: suggest the searched values on `trial` and return the fixed ones.
+
+        A conditional key is suggested (or returned, if fixed) only when its condition holds. The suggested
+        values (named by their dotted keys) plus the returned constants are the trial's dotted overrides.
+        """
+        decided: dict[str, Any] = {}  # every value of this trial so far, for the conditions to read
+        constants: dict[str, Any] = {}
+        # Unconditional keys first: a condition reads its controlling key, which must be decided before.
+        for key in sorted(self.params, key=lambda k: k in CONDITIONS):
+            if key in CONDITIONS:
+                controller, enabling = CONDITIONS[key]
+                if decided.get(controller) not in enabling:
+                    continue
+            spec = self.params[key]
+            if isinstance(spec, Fixed):
+                decided[key] = constants[key] = spec.value
+            else:
+                decided[key] = spec.suggest(trial, key)
+        return constants
+
+    def searched_keys(self) -> list[str]:
+        """The keys Optuna chooses (everything but the fixed ones), in declaration order."""
+        return [key for key, spec in self.params.items() if not isinstance(spec, Fixed)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML form (``auto`` granularity spelled out), e.g. to log as the sweep's search space."""
+        return {key: spec.to_yaml() for key, spec in self.params.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building and validating
+
+
+def _config_key_types() -> dict[str, Any]:
+    """Every dotted key a space may name, with its declared type (``schedule.*``: the schedule spec keys)."""
+    keys: dict[str, Any] = {}
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            sub = typing.get_type_hints(tp)
+            keys.update({f"{f.name}.{g.name}": sub[g.name] for g in dataclasses.fields(tp)})
+        elif f.name != "schedule":
+            keys[f.name] = tp
+    keys.update({"schedule.family": str, "schedule.p0": float, "schedule.t_end": float, "schedule.profile": str})
+    keys.update({key: float for key in CONDITIONS if key.startswith("schedule.")})
+    return keys
+
+
+_KEY_TYPES = _config_key_types()
+
+
+def _members(tp: Any) -> tuple[Any, ...]:
+    return typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _parse_range(key: str, raw: Mapping[str, Any]) -> FloatRange | IntRange:
+    where = f"space.{key}"
+    unknown = set(raw) - {"low", "high", "log", "step", "type"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown range key(s) {sorted(unknown)}; allowed: low, high, log, step, type")
+    for bound in ("low", "high"):
+        if bound not in raw:
+            raise ConfigError(f"{where}: a range needs low and high, got {dict(raw)!r}")
+        if not _is_number(raw[bound]):
+            raise ConfigError(f"{where}: {bound} {raw[bound]!r} is not a finite number")
+    low, high, log, step, kind = raw["low"], raw["high"], raw.get("log", False), raw.get("step"), raw.get("type", "float")
+    if kind not in ("float", "int"):
+        raise ConfigError(f"{where}: type {kind!r} is not 'float' or 'int'")
+    if low > high:
+        raise ConfigError(f"{where}: low {low!r} > high {high!r}")
+    if not isinstance(log, bool):
+        raise ConfigError(f"{where}: log {log!r} is not true or false")
+    if log and low <= 0:
+        raise ConfigError(f"{where}: a log range needs low > 0, got low {low!r}")
+    if step is not None and (not _is_number(step) or step <= 0):
+        raise ConfigError(f"{where}: step {step!r} is not a positive number")
+    if log and step is not None:
+        raise ConfigError(f"{where}: log and step cannot be combined (Optuna samples either)")
+    if kind == "int":
+        if any(v is not None and not isinstance(v, int) for v in (low, high, step)):
+            raise ConfigError(f"{where}: an int range needs integer low, high and step, got {dict(raw)!r}")
+        return IntRange(low, high, log, 1 if step is None else step)
+    # A float range on an integer key would hand the trainer 45.3 epochs; say how to fix it instead.
+    if int in _members(_KEY_TYPES[key]) and float not in _members(_KEY_TYPES[key]):
+        raise ConfigError(f"{where}: an integer key; write the range as {{low: {low}, high: {high}, type: int}}")
+    return FloatRange(float(low), float(high), log, None if step is None else float(step))
+
+
+def _parse(key: str, raw: Any, valid_granularities: Sequence[str | int]) -> ParamSpec:
+    where = f"space.{key}"
+    if typing.get_origin(_KEY_TYPES[key]) is list:
+        # A list in the space means a choice, so a list-valued key (optim.milestones) cannot be spelled here.
+        raise ConfigError(f"{where}: a list-valued key cannot be in the space; set it in the run config")
+    if key == "method.granularity":
+        if raw == "auto":
+            return Choice(tuple(valid_granularities))
+        if isinstance(raw, Mapping):
+            raise ConfigError(f"{where}: {raw!r} is not auto, a list or one granularity")
+    if isinstance(raw, (list, tuple)):
+        if not raw:
+            raise ConfigError(f"{where}: an empty list leaves nothing to choose; give at least one value")
+        return Choice(tuple(raw))
+    if isinstance(raw, Mapping):
+        return _parse_range(key, raw)
+    return Fixed(raw)
+
+
+def _check_value(key: str, value: Any, valid_granularities: Sequence[str | int]) -> Any:
+    """Raise ConfigError ``space.<key>: ...`` unless the run config accepts `value` at `key`; return it normalised."""
+    try:
+        if key == "method.granularity":
+            granularity = parse_granularity(value)
+            if granularity not in valid_granularities:
+                valid = ", ".join(map(repr, valid_granularities))
+                raise ConfigError(f"{key}: {value!r} is not valid for this student/teacher pair; valid: {valid}")
+            return granularity
+        if key.startswith("schedule."):
+            # Check the value inside a schedule of a family that uses the key, so the schedule's own rules apply.
+            name = key.split(".", 1)[1]
+            family = value if name == "family" else next((f for f, ks in FAMILIES.items() if name in ks), "linear")
+            schedules.build({"family": family, "p0": 0.5, "t_end": 1.0, name: value}, prefix="schedule")
+        else:
+            from_dict(apply_overrides({}, {key: value}))  # the defaults plus this one value: checks type and range
+    except ConfigError as e:
+        raise ConfigError(f"space.{e}") from None
+    return value
+
+
+def _checked(key: str, spec: ParamSpec, valid_granularities: Sequence[str | int]) -> ParamSpec:
+    if isinstance(spec, Choice):
+        return Choice(tuple(_check_value(key, v, valid_granularities) for v in spec.values))
+    if isinstance(spec, Fixed):
+        return Fixed(_check_value(key, spec.value, valid_granularities))
+    for bound in (spec.low, spec.high):  # the run config's checks are intervals, so the ends cover the range
+        _check_value(key, bound, valid_granularities)
+    return spec
+
+
+def _unknown_key(key: Any) -> ConfigError:
+    close = difflib.get_close_matches(str(key), list(_KEY_TYPES), n=1)
+    hint = f"did you mean {close[0]!r}?" if close else "keys are dotted run-config keys such as schedule.p0 or optim.lr"
+    return ConfigError(f"space.{key}: unknown run-config key; {hint}")
+
+
+def build_space(spec: Mapping[str, Any], *, valid_granularities: Sequence[str | int]) -> SearchSpace:
+    """Parse and validate the YAML ``space:`` mapping; `valid_granularities` is the pair's (`units.valid_granularities`)."""
+    if not isinstance(spec, Mapping) or not spec:
+        raise ConfigError(f"space: expected a non-empty mapping of dotted run-config keys, got {spec!r}")
+    params: dict[str, ParamSpec] = {}
+    for key, raw in spec.items():
+        if key not in _KEY_TYPES:
+            raise _unknown_key(key)
+        params[key] = _checked(key, _parse(key, raw, valid_granularities), valid_granularities)
+    for key, (controller, enabling) in CONDITIONS.items():
+        if key not in params:
+            continue
+        uses = " or ".join(map(repr, sorted(enabling)))
+        # The controlling value must be known inside define_by_run, so it has to be part of the space.
+        if controller not in params:
+            raise ConfigError(f"space.{key}: is used only when {controller} is {uses}; "
+                              f"add {controller} to the space (a list or a fixed value)")
+        controlling = params[controller]  # a Choice or Fixed: a range already failed the checks of its values
+        possible = set(controlling.values) if isinstance(controlling, Choice) else set()
+        if isinstance(controlling, Fixed):
+            possible = {controlling.value}
+        if not possible & enabling:
+            raise ConfigError(f"space.{key}: never used: {controller} takes {sorted(possible, key=str)}, "
+                              f"and {key} applies only when it is {uses}")
+    return SearchSpace(params)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# From a Ray trial back to a run config
+
+
+def trial_overrides(config: Mapping[str, Any], space: SearchSpace | None = None) -> dict[str, Any]:
+    """The dotted overrides of one trial, from the config Ray Tune hands the trainable.
+
+    OptunaSearch passes the define-by-run values flat, under the dotted names they were suggested or returned
+    with (it only splits names on "/"), merged into the Tuner's ``param_space``. Keys that are not space
+    keys (or, with `space`, not keys of that space) are dropped.
+    """
+    keys = space.params if space is not None else _KEY_TYPES
+    return {key: value for key, value in config.items() if key in keys}
+
+
+def apply_trial(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The base run config (nested, as read from YAML) with a trial's dotted overrides: a plain nested dict.
+
+    Pass the result to `iakd.config.from_dict`. Beyond `apply_overrides`, two things keep it valid:
+
+    - a base without ``schedule`` starts from the default schedule, so overriding ``schedule.family`` alone
+      still leaves p0 and t_end;
+    - when the trial sets a controlling key (``schedule.family``, ``method.name``), the base's keys that the
+      chosen value does not use are dropped: a base ``rate`` under a sampled cosine family would be rejected
+      by the schedule validator, and a base ``kd_weight`` under a sampled ``iakd`` would add a KD term anyway.
+    """
+    start = dict(base)
+    if start.get("schedule") is None:
+        start["schedule"] = TrainConfig().schedule
+    merged = apply_overrides(start, overrides)
+    for key, (controller, enabling) in CONDITIONS.items():
+        if controller in overrides and overrides[controller] not in enabling:
+            section, name = key.split(".")
+            merged.get(section, {}).pop(name, None)
+    return merged
