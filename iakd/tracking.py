@@ -289,6 +289,40 @@ def child_runs(tracking_uri: str, parent_run_id: str) -> list[Run]:
             return runs
 
 
+def find_run(tracking_uri: str, experiment: str, tags: Mapping[str, str]) -> str | None:
+    """The id of the newest live run of ``experiment`` carrying all ``tags`` (e.g. a sweep's parent), or None."""
+    client = _client(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = client.search_runs([found.experiment_id], filter_string=query, max_results=1, order_by=["start_time DESC"])
+    return runs[0].info.run_id if runs else None
+
+
+def close_run(tracking_uri: str, run_id: str, *, status: str = "FINISHED", tags: Mapping[str, Any] | None = None) -> bool:
+    """Terminate ``run_id`` with ``status`` if it is still open (with ``tags`` first); True if it was open."""
+    client = _client(tracking_uri)
+    if client.get_run(run_id).info.status not in _OPEN_STATUSES:
+        return False
+    client.log_batch(run_id, tags=_tags(tags or {}))
+    client.set_terminated(run_id, status=status)
+    return True
+
+
+def delete_children(tracking_uri: str, parent_run_id: str, tags: Mapping[str, str]) -> int:
+    """Delete the children of a parent that carry all ``tags``; return how many.
+
+    A trial restarted from scratch (it had no checkpoint yet) replaces the run it had begun, so that one
+    trial never has two runs.
+    """
+    client = _client(tracking_uri)
+    stale = [r for r in child_runs(tracking_uri, parent_run_id) if all(r.data.tags.get(k) == v for k, v in tags.items())]
+    for run in stale:
+        client.delete_run(run.info.run_id)
+    return len(stale)
+
+
 # ------------------------------------------------------------------------------------------ trial runs
 
 

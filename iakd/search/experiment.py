@@ -1,0 +1,143 @@
+"""The experiment config of a search: the base run, the space, the budget, the baselines, where things go.
+
+Read from YAML plus dotted ``key=value`` overrides, and validated whole (run config, search space against the
+pair's valid granularities, resources, scheduler) before Ray starts: a bad value is one ConfigError line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+from iakd import models
+from iakd.config import TrainConfig, _build, apply_overrides, from_dict, parse_overrides, read_yaml, to_dict
+from iakd.errors import ConfigError
+from iakd.search.space import SearchSpace, build_space
+from iakd.units import parse_granularity, valid_granularities
+
+__all__ = ["SchedulerConfig", "BaselineConfig", "ResourceConfig", "ExperimentConfig", "Experiment", "load_experiment"]
+
+
+@dataclass
+class SchedulerConfig:
+    name: Literal["asha", "none"] = "asha"
+    grace_period: int = 2  # epochs every trial runs before ASHA may stop it
+    reduction_factor: int = 3
+
+
+@dataclass
+class BaselineConfig:
+    methods: list[str] = field(default_factory=lambda: ["ce", "kd"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+
+
+@dataclass
+class ResourceConfig:
+    cpu: float = 1.0
+    gpu: float = 0.0  # fractional packs trials on one GPU: 0.25 runs four per GPU
+
+
+@dataclass
+class ExperimentConfig:
+    experiment: str = "iakd-digits"
+    num_samples: int = 12
+    max_concurrent: int = 2
+    metric: str = "val_acc"
+    mode: Literal["max", "min"] = "max"
+    searcher_seed: int = 0
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    resources: ResourceConfig = field(default_factory=ResourceConfig)
+    tracking_uri: str = "sqlite:///mlflow.db"
+    storage_path: str = "ray_results"
+    max_failures: int = 2  # retries of a trial whose worker died; it resumes from its last checkpoint
+    run: dict[str, Any] = field(default_factory=dict)  # the base run config (see iakd.config.TrainConfig)
+    space: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A validated experiment: its config, the base run as a validated TrainConfig, and the search space."""
+
+    config: ExperimentConfig
+    base: TrainConfig
+    space: SearchSpace
+
+    @property
+    def epochs(self) -> int:
+        return self.base.optim.epochs
+
+
+_METRICS = ("val_acc", "test_acc", "train_acc", "train_loss")
+
+
+def _check(cfg: ExperimentConfig) -> None:
+    def fail(key: str, value: Any, allowed: str) -> None:
+        raise ConfigError(f"{key}: {value!r} is not allowed; {allowed}")
+
+    if cfg.num_samples < 1:
+        fail("num_samples", cfg.num_samples, "must be >= 1")
+    if cfg.max_concurrent < 1:
+        fail("max_concurrent", cfg.max_concurrent, "must be >= 1")
+    if cfg.max_failures < 0:
+        fail("max_failures", cfg.max_failures, "must be >= 0")
+    if cfg.metric not in _METRICS:
+        fail("metric", cfg.metric, f"one of {', '.join(_METRICS)}")
+    if cfg.scheduler.grace_period < 1 or cfg.scheduler.reduction_factor < 2:
+        fail("scheduler", to_dict(cfg.scheduler), "grace_period >= 1 and reduction_factor >= 2")
+    for m in cfg.baselines.methods:
+        if m not in ("ce", "kd", "iakd", "iakd+kd"):
+            fail("baselines.methods", m, "each one of ce, kd, iakd, iakd+kd")
+    if cfg.resources.cpu <= 0 or cfg.resources.gpu < 0:
+        fail("resources", to_dict(cfg.resources), "cpu > 0 and gpu >= 0")
+    if cfg.resources.gpu > 1 and cfg.resources.gpu != int(cfg.resources.gpu):
+        fail("resources.gpu", cfg.resources.gpu, "a fraction <= 1 or a whole number of GPUs")
+    if not cfg.experiment.strip() or "/" in cfg.experiment:
+        fail("experiment", cfg.experiment, "a non-empty name without '/'")
+
+
+def _absolute(path: str | None) -> str | None:
+    """Trials run with the trial folder as working directory: relative paths must be resolved here."""
+    if path is None or "://" in path:
+        return path
+    return str(Path(path).expanduser().resolve())
+
+
+def validate(values: Mapping[str, Any]) -> Experiment:
+    """Build and validate an experiment from a nested mapping."""
+    if not isinstance(values, Mapping):
+        raise ConfigError("experiment config: expected a mapping at the top level")
+    cfg = _build(ExperimentConfig, values)
+    _check(cfg)
+    try:
+        base = from_dict(cfg.run)
+    except ConfigError as e:
+        raise ConfigError(f"run.{e}") from None
+    student, teacher = models.build(base.student.arch, 10), models.build(base.teacher.arch, 10)
+    pair = f"{base.teacher.arch} -> {base.student.arch}"
+    try:
+        valid = valid_granularities(student, teacher, pair=pair)
+    except ConfigError as e:
+        raise ConfigError(f"run.student.arch / run.teacher.arch: {e}") from None
+    if parse_granularity(base.method.granularity) not in valid and base.method.name in ("iakd", "iakd+kd"):
+        raise ConfigError(f"run.method.granularity: {base.method.granularity!r} is impossible for {pair}; "
+                          f"valid: {', '.join(map(str, valid))}")
+    space = build_space(cfg.space, valid_granularities=valid)
+    # Paths the trials read, made absolute now (trials run in their own folders, maybe on other nodes).
+    base.data.dir = _absolute(base.data.dir)
+    base.teacher.cache_dir = _absolute(base.teacher.cache_dir)
+    base.teacher.checkpoint = _absolute(base.teacher.checkpoint)
+    if base.teacher.checkpoint and not Path(base.teacher.checkpoint).is_file():
+        raise ConfigError(f"run.teacher.checkpoint: {base.teacher.checkpoint} not found")
+    cfg.storage_path = _absolute(cfg.storage_path)
+    cfg.run = to_dict(base)
+    return Experiment(cfg, base, space)
+
+
+def load_experiment(path: str | Path | None, overrides: Sequence[str] | Mapping[str, Any] = ()) -> Experiment:
+    """YAML file + dotted overrides (``num_samples=4``, ``run.optim.epochs=3``) -> validated Experiment."""
+    values = read_yaml(path) if path is not None else {}
+    if not isinstance(overrides, Mapping):
+        overrides = parse_overrides(overrides)
+    return validate(apply_overrides(values, overrides))

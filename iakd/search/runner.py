@@ -1,0 +1,200 @@
+"""Running a search: the teacher once, one MLflow parent run, the baselines and the searched trials as Ray
+Tune experiments (Optuna TPE through ``OptunaSearch``, ASHA on per-epoch ``val_acc``), then a summary.
+
+``run_search(experiment)`` is what ``tune/search.py`` calls; tests call it the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from iakd import tracking
+from iakd.config import to_dict
+from iakd.engine import prepare_teacher
+from iakd.errors import ConfigError
+from iakd.search.experiment import Experiment
+from iakd.search.trainable import CloseTrialRuns, TrialContext, baseline_name, run_trial, trial_name
+
+__all__ = ["TrialSummary", "SearchSummary", "run_search", "format_summary"]
+
+SWEEP_TAG = "iakd.sweep"
+
+
+@dataclass
+class TrialSummary:
+    name: str
+    overrides: dict[str, Any]
+    best_val_acc: float
+    last_test_acc: float
+    epochs: int
+    run_id: str | None
+
+
+@dataclass
+class SearchSummary:
+    experiment: str
+    parent_run_id: str
+    tracking_uri: str
+    best: TrialSummary | None
+    baselines: list[TrialSummary] = field(default_factory=list)
+    trials: list[TrialSummary] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def _summaries(results: tune.ResultGrid, metric: str) -> list[TrialSummary]:
+    out = []
+    for r in results:
+        if r.metrics_dataframe is None or r.metrics_dataframe.empty:
+            continue
+        history = r.metrics_dataframe
+        out.append(TrialSummary(
+            name=str(r.metrics.get("trial_name", Path(r.path).name)),
+            overrides={k: v for k, v in r.config.items()},
+            best_val_acc=float(history[metric].max()),
+            last_test_acc=float(history["test_acc"].iloc[-1]),
+            epochs=int(history["epoch"].iloc[-1]),
+            run_id=r.metrics.get("mlflow_run_id"),
+        ))
+    return out
+
+
+def _tuner(path: str, trainable, param_space: dict, tune_config: tune.TuneConfig, run_config: tune.RunConfig,
+           resume: bool) -> tune.Tuner:
+    if resume and tune.Tuner.can_restore(path):
+        # the searcher's state (Optuna's study) is restored with the experiment
+        return tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True)
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+
+def run_search(
+    experiment: Experiment,
+    *,
+    resume: bool = False,
+    address: str | None = None,
+    log: Callable[[str], None] = print,
+    verbose: int = 1,
+) -> SearchSummary:
+    """Run (or with ``resume`` continue) the whole experiment and return its summary."""
+    cfg = experiment.config
+    uri = tracking.absolute_uri(cfg.tracking_uri)
+    name = cfg.experiment
+    search_path = f"{cfg.storage_path}/{name}"
+    baseline_path = f"{cfg.storage_path}/{name}-baselines"
+    if resume and not (tune.Tuner.can_restore(search_path) or tune.Tuner.can_restore(baseline_path)):
+        raise ConfigError(f"--resume: nothing to resume under {cfg.storage_path} for experiment {name!r}")
+
+    # The teacher is trained (or checked) once, here, and every trial reads the same file.
+    needs_teacher = any(m != "ce" for m in cfg.baselines.methods) or cfg.num_samples > 0
+    base = experiment.base
+    if needs_teacher:
+        if not base.teacher.checkpoint:
+            base.teacher.cache_dir = str(Path(cfg.storage_path) / "teachers") if "://" not in cfg.storage_path else base.teacher.cache_dir
+        teacher_path = str(prepare_teacher(base, log=log))
+    else:
+        teacher_path = None
+
+    parent_tags = {SWEEP_TAG: name, "iakd.role": "sweep", "teacher": base.teacher.arch, "student": base.student.arch,
+                   "dataset": base.data.name}
+    previous = tracking.find_run(uri, name, {SWEEP_TAG: name, "iakd.role": "sweep"}) if resume else None
+    tracking.connect(uri, name)
+    parent = tracking.start_parent_run(
+        uri, name, run_name=f"sweep-{name}", run_id=previous, tags=parent_tags,
+        params={"experiment": {k: v for k, v in to_dict(cfg).items() if k not in ("run", "space")}, "run": to_dict(base)},
+        dicts={"search_space.yaml": experiment.space.to_dict(), "experiment.yaml": to_dict(cfg)},
+    )
+    log(f"MLflow: experiment {name!r}, parent run {parent} ({'resumed' if previous else 'new'}) at {uri}")
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=verbose > 1)
+    base_dict = to_dict(base)
+    resources = {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
+    closer = CloseTrialRuns(uri)
+    failure = tune.FailureConfig(max_failures=cfg.max_failures)
+    keep = tune.CheckpointConfig(num_to_keep=2)
+
+    def trainable(role: str):
+        context = TrialContext(base_dict, teacher_path, uri, name, parent, role)
+        return tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
+
+    interrupted = False
+    baselines: list[TrialSummary] = []
+    if cfg.baselines.methods:
+        grid = {"method.name": tune.grid_search(list(cfg.baselines.methods)), "seed": tune.grid_search(list(cfg.baselines.seeds))}
+        tuner = _tuner(baseline_path, trainable("baseline"), grid,
+                       tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, max_concurrent_trials=cfg.max_concurrent,
+                                       trial_name_creator=baseline_name, trial_dirname_creator=baseline_name),
+                       tune.RunConfig(name=f"{name}-baselines", storage_path=cfg.storage_path, callbacks=[closer],
+                                      failure_config=failure, checkpoint_config=keep, verbose=verbose), resume)
+        grid_results = tuner.fit()
+        baselines = _summaries(grid_results, cfg.metric)
+        interrupted |= _unfinished(grid_results, len(cfg.baselines.methods) * len(cfg.baselines.seeds))
+
+    trials: list[TrialSummary] = []
+    if not interrupted and cfg.num_samples > 0:
+        searcher = OptunaSearch(space=experiment.space.define_by_run, metric=cfg.metric, mode=cfg.mode,
+                                sampler=optuna.samplers.TPESampler(seed=cfg.searcher_seed))
+        scheduler = (ASHAScheduler(time_attr="epoch", metric=cfg.metric, mode=cfg.mode, max_t=experiment.epochs + 1, grace_period=min(cfg.scheduler.grace_period, experiment.epochs),
+                                   reduction_factor=cfg.scheduler.reduction_factor) if cfg.scheduler.name == "asha" else None)
+        tuner = _tuner(search_path, trainable("search"), {},
+                       tune.TuneConfig(num_samples=cfg.num_samples, scheduler=scheduler, trial_name_creator=trial_name,
+                                       trial_dirname_creator=trial_name,
+                                       search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.max_concurrent)),
+                       tune.RunConfig(name=name, storage_path=cfg.storage_path, callbacks=[closer],
+                                      failure_config=failure, checkpoint_config=keep, verbose=verbose), resume)
+        results = tuner.fit()
+        trials = _summaries(results, cfg.metric)
+        interrupted |= _unfinished(results, cfg.num_samples)
+
+    best = max(trials, key=lambda t: t.best_val_acc if cfg.mode == "max" else -t.best_val_acc, default=None)
+    if interrupted:
+        # Not the end of the sweep: close what is open as KILLED; --resume re-opens the same runs.
+        tracking.finish_parent_run(uri, parent, tags={"iakd.interrupted": "true"}, status="KILLED")
+        log(f"interrupted: continue with --resume (experiment {name!r}, storage {cfg.storage_path})")
+    else:
+        metrics, tags = {}, {"iakd.interrupted": "false"}
+        if best is not None:
+            metrics = {"best_val_acc": best.best_val_acc, "best_test_acc": best.last_test_acc}
+            tags.update({"best_trial": best.name, "best_run_id": best.run_id or "",
+                         "best_config": ", ".join(f"{k}={_fmt(v)}" for k, v in best.overrides.items())})
+        for b in baselines:
+            metrics[f"baseline_{b.overrides.get('method.name')}_seed{b.overrides.get('seed')}_val_acc"] = b.best_val_acc
+        tracking.finish_parent_run(uri, parent, metrics=metrics, tags=tags)
+    return SearchSummary(name, parent, uri, best, baselines, trials, interrupted)
+
+
+def _unfinished(results: tune.ResultGrid, expected: int) -> bool:
+    """True when Tune returned before every trial ended (an interrupted experiment)."""
+    return results.num_terminated + results.num_errors < expected
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def format_summary(summary: SearchSummary) -> str:
+    """The closing text of ``tune/search.py``: best configuration, its accuracy beside the baselines, and how
+    to browse the runs."""
+    lines = [f"Search {summary.experiment!r}: {len(summary.trials)} trials, {len(summary.baselines)} baselines"]
+    if summary.best is not None:
+        b = summary.best
+        lines.append(f"Best trial {b.name} (MLflow run {b.run_id}):")
+        lines += [f"    {k} = {_fmt(v)}" for k, v in sorted(b.overrides.items())]
+    rows = ([("best IAKD", summary.best)] if summary.best else []) + [
+        (f"{t.overrides.get('method.name')} (seed {t.overrides.get('seed')})", t) for t in summary.baselines]
+    if rows:
+        lines.append(f"    {'':<18} {'best val %':>10} {'last test %':>11} {'epochs':>6}")
+        lines += [f"    {label:<18} {t.best_val_acc:>10.2f} {t.last_test_acc:>11.2f} {t.epochs:>6}" for label, t in rows]
+    uri = summary.tracking_uri
+    browse = f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else f"open {uri}"
+    lines.append(f"Browse the runs: {browse}")
+    return "\n".join(lines)

@@ -1,0 +1,135 @@
+"""The Ray Tune side of a trial: the engine as a function trainable, and closing runs Tune cut short.
+
+A trial builds its run config from the base config and its sampled overrides, trains with the engine,
+reports every epoch's metrics with a checkpoint, and logs them to its own MLflow child run. The run id lives
+in the trial's checkpoint, so a trial restored after a failure or ``--resume`` continues the same run.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from iakd import tracking
+from iakd.config import TrainConfig, from_dict, to_dict
+from iakd.engine import checkpoint_extra, train
+from iakd.search.space import apply_trial, trial_overrides
+
+__all__ = ["TrialContext", "run_trial", "trial_config", "trial_name", "baseline_name", "CloseTrialRuns"]
+
+TRIAL_TAG = "iakd.trial_id"
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a sweep shares, handed to the trainable with ``tune.with_parameters``."""
+
+    base: dict[str, Any]  # the base run config, as plain nested data
+    teacher_path: str | None  # trained once before the sweep; None for a sweep of ce runs only
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str
+    role: str  # "search" or "baseline"
+
+
+def trial_config(context: TrialContext, config: dict[str, Any]) -> TrainConfig:
+    """The run config of one trial: the base config with the trial's dotted overrides."""
+    cfg = from_dict(apply_trial(context.base, trial_overrides(config)))
+    if context.teacher_path is not None:
+        cfg.teacher.checkpoint = context.teacher_path
+    return cfg
+
+
+def _tags(cfg: TrainConfig, context: TrialContext, trial_id: str) -> dict[str, str]:
+    return {
+        "teacher": cfg.teacher.arch, "student": cfg.student.arch, "dataset": cfg.data.name, "method": cfg.method.name,
+        "schedule_family": cfg.schedule["family"] if cfg.method.name.startswith("iakd") else "none",
+        "granularity": str(cfg.method.granularity) if cfg.method.name.startswith("iakd") else "none",
+        TRIAL_TAG: trial_id, "iakd.role": context.role,
+        "node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
+    }
+
+
+def run_trial(config: dict[str, Any], context: TrialContext) -> None:
+    """Ray Tune function trainable: one IAKD (or baseline) training, reported and logged per epoch."""
+    trial = tune.get_context()
+    cfg = trial_config(context, config)
+    trial_dir = Path(trial.get_trial_dir())
+    cfg.out_dir = str(trial_dir / "run")
+    cfg.device = "cuda" if torch.cuda.is_available() else "cpu"  # a fake or absent GPU falls back to the CPU
+    cpus = int(trial.get_trial_resources().required_resources.get("CPU", 1))
+    torch.set_num_threads(max(1, cpus))
+
+    resume_from, run_id = None, None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        resume_from = Path(checkpoint.to_directory()) / "checkpoint.pt"
+        run_id = checkpoint_extra(resume_from).get("mlflow_run_id")
+    if run_id is None:  # starting from scratch: a run begun by an earlier attempt held no progress
+        tracking.delete_children(context.tracking_uri, context.parent_run_id, {TRIAL_TAG: trial.get_trial_id()})
+    run = tracking.TrialRun(context.tracking_uri, context.experiment, parent_run_id=context.parent_run_id,
+                            run_name=trial.get_trial_name(), params=to_dict(cfg),
+                            tags=_tags(cfg, context, trial.get_trial_id()), run_id=run_id)
+
+    if run_id is None:
+        run.log_dict(to_dict(cfg), "config.yaml")
+    best_val = -math.inf
+
+    def report(metrics: dict[str, Any], checkpoint_path: Path | None) -> None:
+        nonlocal best_val
+        best_val = max(best_val, metrics["val_acc"]) if not math.isnan(metrics["val_acc"]) else best_val
+        run.log_metrics(metrics, step=metrics["epoch"])
+        # Final figures kept current each epoch: a trial that ASHA stops never reaches the end of train().
+        run.log_final({"best_val_acc": best_val, "last_val_acc": metrics["val_acc"],
+                       "last_test_acc": metrics["test_acc"], "epochs": metrics["epoch"]})
+        saved = tune.Checkpoint.from_directory(str(checkpoint_path.parent)) if checkpoint_path else None
+        tune.report({**metrics, "mlflow_run_id": run.run_id, "trial_name": trial.get_trial_name()}, checkpoint=saved)
+
+    log_file = open(trial_dir / "train.log", "a")
+    try:
+        result = train(cfg, [report], resume_from=resume_from, extra={"mlflow_run_id": run.run_id},
+                       log=lambda line: print(line, file=log_file, flush=True))
+    except Exception:
+        # A real error. Tune stops a trial with SystemExit inside tune.report: CloseTrialRuns handles that.
+        run.finish("FAILED")
+        raise
+    finally:
+        log_file.close()
+    run.set_tags({"status": result["status"]})
+    run.log_artifact(Path(cfg.out_dir) / "student.pt")
+    run.finish("FAILED" if result["status"] == "diverged" else "FINISHED")
+
+
+def trial_name(trial) -> str:
+    """Short trial names (the default folds the whole config into the name): search_<id>."""
+    return f"search_{trial.trial_id}"
+
+
+def baseline_name(trial) -> str:
+    return f"baseline_{trial.trial_id}"
+
+
+class CloseTrialRuns(tune.Callback):
+    """Driver side: a trial that ASHA stopped never returns from training, and one that errored may not
+    have closed its run; close both here so that no trial's run stays RUNNING."""
+
+    def __init__(self, tracking_uri: str):
+        self.tracking_uri = tracking_uri
+
+    def _close(self, trial, status: str, tags: dict[str, str]) -> None:
+        run_id = (trial.last_result or {}).get("mlflow_run_id")
+        if run_id:
+            tracking.close_run(self.tracking_uri, run_id, status=status, tags=tags)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self._close(trial, "FINISHED", {"status": "stopped_early", "stopped_at_epoch": str((trial.last_result or {}).get("epoch"))})
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._close(trial, "FAILED", {"status": "error"})
