@@ -93,15 +93,12 @@ def run_search(
     if resume and not (tune.Tuner.can_restore(search_path) or tune.Tuner.can_restore(baseline_path)):
         raise ConfigError(f"--resume: nothing to resume under {cfg.storage_path} for experiment {name!r}")
 
-    # The teacher is trained (or checked) once, here, and every trial reads the same file.
-    needs_teacher = any(m != "ce" for m in cfg.baselines.methods) or cfg.num_samples > 0
+    # The teacher is trained (or checked) once, here, and every trial reads the same file. A trained one is
+    # cached under the storage path so that a resumed sweep, and trials on other nodes (NFS), find it.
     base = experiment.base
-    if needs_teacher:
-        if not base.teacher.checkpoint:
-            base.teacher.cache_dir = str(Path(cfg.storage_path) / "teachers") if "://" not in cfg.storage_path else base.teacher.cache_dir
-        teacher_path = str(prepare_teacher(base, log=log))
-    else:
-        teacher_path = None
+    if not base.teacher.checkpoint and "://" not in cfg.storage_path:
+        base.teacher.cache_dir = str(Path(cfg.storage_path) / "teachers")
+    teacher_path = str(prepare_teacher(base, log=log))
 
     parent_tags = {SWEEP_TAG: name, "iakd.role": "sweep", "teacher": base.teacher.arch, "student": base.student.arch,
                    "dataset": base.data.name}

@@ -1,0 +1,131 @@
+"""The search end to end on a local Ray with 2 CPUs: one parent run, one FINISHED child per trial."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "tune" / "configs" / "digits.yaml"
+EPOCHS = 2
+
+
+def tiny(tmp):
+    return ["num_samples=3", f"run.optim.epochs={EPOCHS}", "run.teacher.epochs=1", "run.data.image_size=8",
+            "run.teacher.arch=resnet20", "scheduler.grace_period=1", f"storage_path={tmp}/ray",
+            f"tracking_uri=sqlite:///{tmp}/mlflow.db"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    from iakd.search.experiment import load_experiment
+    from iakd.search.runner import format_summary, run_search
+
+    tmp = tmp_path_factory.mktemp("sweep")
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="r", dir="/tmp")
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    try:
+        summary = run_search(load_experiment(CONFIG, tiny(tmp)), verbose=0, log=lambda _: None)
+    finally:
+        ray.shutdown()
+    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    experiment = client.get_experiment_by_name("iakd-digits")
+    runs = client.search_runs([experiment.experiment_id])
+    return summary, format_summary(summary), client, runs
+
+
+def test_one_parent_run_per_sweep(sweep):
+    summary, _, _, runs = sweep
+    parents = [r for r in runs if r.data.tags.get("iakd.role") == "sweep"]
+    assert len(parents) == 1 and parents[0].info.run_id == summary.parent_run_id
+    assert parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags["best_trial"] == summary.best.name
+    assert parents[0].data.metrics["best_val_acc"] == pytest.approx(summary.best.best_val_acc)
+
+
+def test_every_trial_and_baseline_has_exactly_one_finished_child_run(sweep):
+    summary, _, _, runs = sweep
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == summary.parent_run_id]
+    roles = sorted(r.data.tags["iakd.role"] for r in children)
+    assert roles == ["baseline", "baseline", "search", "search", "search"]
+    assert all(r.info.status == "FINISHED" for r in children)
+    trial_ids = [r.data.tags["iakd.trial_id"] for r in children]
+    assert len(set(trial_ids)) == len(trial_ids) == 5
+    assert {r.info.run_name for r in children if r.data.tags["iakd.role"] == "search"} == {t.name for t in summary.trials}
+    assert sorted(r.data.tags["method"] for r in children if r.data.tags["iakd.role"] == "baseline") == ["ce", "kd"]
+
+
+def test_child_runs_hold_params_tags_and_per_epoch_histories(sweep):
+    summary, _, client, runs = sweep
+    for run in (r for r in runs if r.data.tags.get("iakd.role") == "search"):
+        params, tags = run.data.params, run.data.tags
+        assert params["student.arch"] == "resnet14" and params["teacher.arch"] == "resnet20"
+        assert params["optim.epochs"] == str(EPOCHS) and params["data.name"] == "digits"
+        assert params["schedule.family"] == tags["schedule_family"]
+        assert {"teacher", "student", "dataset", "method", "schedule_family", "granularity", "iakd.trial_id", "node"} <= set(tags)
+        assert tags["method"] in ("iakd", "iakd+kd") and tags["granularity"] in ("stage", "2", "block")
+        epochs = int(run.data.metrics["epochs"])
+        for key in ("val_acc", "test_acc", "train_loss", "swap_prob", "lr"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(1, epochs + 1))
+        assert run.data.metrics["best_val_acc"] == max(m.value for m in client.get_metric_history(run.info.run_id, "val_acc"))
+        assert "config.yaml" in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+
+def test_finished_trials_log_their_student_weights(sweep):
+    summary, _, client, runs = sweep
+    complete = [r for r in runs if r.data.tags.get("status") == "finished"]
+    assert complete  # at least the baselines and the best trial run to the end
+    for run in complete:
+        assert "student.pt" in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+
+def test_summary_names_the_best_trial_beside_the_baselines(sweep):
+    summary, text, _, _ = sweep
+    assert summary.best.best_val_acc == max(t.best_val_acc for t in summary.trials)
+    assert f"Best trial {summary.best.name}" in text
+    assert "ce (seed 0)" in text and "kd (seed 0)" in text
+    assert f"mlflow ui --backend-store-uri {summary.tracking_uri}" in text
+
+
+def _search_main():
+    spec = importlib.util.spec_from_file_location("search_script", ROOT / "tune" / "search.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["num_samples=0"], "error: num_samples: 0 is not allowed; must be >= 1"),
+        (["run.schedule.p0=2"], "error: run.schedule.p0: 2.0 is outside [0, 1]"),
+        (["run.optim.lrr=0.1"], "error: run.optim.lrr: unknown key; did you mean 'lr'?"),
+        (["run.method.granularity=4"], "error: run.method.granularity: 4 is impossible for resnet32 -> resnet14; valid: stage, 2, block"),
+        (["run.student.arch=vgg8"], "error: run.student.arch / run.teacher.arch: resnet32 -> vgg8: the student has 5 stages and the teacher 3; they must match"),
+        (["numsamples"], "error: override 'numsamples': expected key=value, e.g. schedule.p0=0.3"),
+        (["--config", "missing.yaml"], "error: config file missing.yaml not found"),
+    ],
+)
+def test_bad_config_fails_before_ray_starts(args, message, tmp_path, monkeypatch, capsys):
+    import ray
+
+    monkeypatch.chdir(tmp_path)
+    assert _search_main()([*args, f"storage_path={tmp_path}/ray"]) == 2
+    assert capsys.readouterr().err.strip() == message
+    assert not ray.is_initialized()
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_command_line_exits_2_with_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "tune" / "search.py"), "run.schedule.family=sawtooth"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: run.schedule.family: 'sawtooth' is unknown; known: constant, linear, cosine, exponential, step"]
+    assert list(tmp_path.iterdir()) == []
