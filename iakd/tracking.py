@@ -366,9 +366,15 @@ class TrialRun:
         """The MLflow run id; store it in the trial checkpoint to continue this run after a restart."""
         return self._run_id
 
-    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
-        """Log the numeric values of ``metrics`` at ``step`` (e.g. the epoch) in one batch call."""
-        self._client.log_batch(self._run_id, metrics=_metrics(metrics, step))
+    def log_metrics(self, metrics: Mapping[str, Any], step: int, *, final: Mapping[str, Any] | None = None) -> None:
+        """Log the numeric values of ``metrics`` at ``step`` (e.g. the epoch), and ``final`` summary metrics at
+        step 0, in one batch call: a worker killed mid-way never leaves one without the other."""
+        self._client.log_batch(self._run_id, metrics=_metrics(metrics, step) + _metrics(final or {}, step=0))
+
+    def last_step(self, key: str) -> int:
+        """The highest step logged for metric ``key`` in this run, or 0 if none."""
+        history = self._client.get_metric_history(self._run_id, key)
+        return max((m.step for m in history), default=0)
 
     def log_final(self, metrics: Mapping[str, float]) -> None:
         """Log summary metrics at step 0; use names apart from the per-step ones (e.g. ``best_val_acc``)."""

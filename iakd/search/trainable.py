@@ -19,7 +19,8 @@ from ray import tune
 
 from iakd import tracking
 from iakd.config import TrainConfig, from_dict, to_dict
-from iakd.engine import checkpoint_extra, train
+from iakd.checkpoint import load_file
+from iakd.engine import train
 from iakd.search.space import apply_trial, trial_overrides
 
 __all__ = ["TrialContext", "run_trial", "trial_config", "trial_name", "baseline_name", "CloseTrialRuns"]
@@ -67,11 +68,12 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     cpus = int(trial.get_trial_resources().required_resources.get("CPU", 1))
     torch.set_num_threads(max(1, cpus))
 
-    resume_from, run_id = None, None
+    resume_from, run_id, done = None, None, []
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         resume_from = Path(checkpoint.to_directory()) / "checkpoint.pt"
-        run_id = checkpoint_extra(resume_from).get("mlflow_run_id")
+        state = load_file(resume_from, required=("extra", "history"))
+        run_id, done = state["extra"].get("mlflow_run_id"), state["history"]
     if run_id is None:  # starting from scratch: a run begun by an earlier attempt held no progress
         tracking.delete_children(context.tracking_uri, context.parent_run_id, {TRIAL_TAG: trial.get_trial_id()})
     run = tracking.TrialRun(context.tracking_uri, context.experiment, parent_run_id=context.parent_run_id,
@@ -82,13 +84,27 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         run.log_dict(to_dict(cfg), "config.yaml")
     best_val = -math.inf
 
-    def report(metrics: dict[str, Any], checkpoint_path: Path | None) -> None:
+    # MLflow holds each epoch once. An epoch is logged before tune.report hands it to Tune, because Tune stops
+    # a trial by raising SystemExit inside tune.report and then kills the worker without waiting. So MLflow
+    # can be one epoch ahead of the checkpoint Tune kept: on resume, epochs MLflow already has are skipped (an
+    # exact resume trains them again identically) and any it lacks are filled in from the checkpoint.
+    logged = run.last_step("epoch")
+
+    def log_epoch(metrics: dict[str, Any]) -> None:
         nonlocal best_val
-        best_val = max(best_val, metrics["val_acc"]) if not math.isnan(metrics["val_acc"]) else best_val
-        run.log_metrics(metrics, step=metrics["epoch"])
-        # Final figures kept current each epoch: a trial that ASHA stops never reaches the end of train().
-        run.log_final({"best_val_acc": best_val, "last_val_acc": metrics["val_acc"],
-                       "last_test_acc": metrics["test_acc"], "epochs": metrics["epoch"]})
+        if not math.isnan(metrics["val_acc"]):
+            best_val = max(best_val, metrics["val_acc"])
+        if metrics["epoch"] > logged:
+            # final figures kept current each epoch: a trial that ASHA stops never reaches the end of train()
+            run.log_metrics(metrics, step=metrics["epoch"], final={
+                "best_val_acc": best_val, "last_val_acc": metrics["val_acc"],
+                "last_test_acc": metrics["test_acc"], "epochs": metrics["epoch"]})
+
+    for metrics in done:
+        log_epoch(metrics)
+
+    def report(metrics: dict[str, Any], checkpoint_path: Path | None) -> None:
+        log_epoch(metrics)
         saved = tune.Checkpoint.from_directory(str(checkpoint_path.parent)) if checkpoint_path else None
         tune.report({**metrics, "mlflow_run_id": run.run_id, "trial_name": trial.get_trial_name()}, checkpoint=saved)
 
