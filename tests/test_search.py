@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,12 +30,16 @@ def sweep(tmp_path_factory):
     from iakd.search.runner import format_summary, run_search
 
     tmp = tmp_path_factory.mktemp("sweep")
-    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="r", dir="/tmp")
+    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths must stay < 107 characters
+    previous = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = ray_tmp
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         summary = run_search(load_experiment(CONFIG, tiny(tmp)), verbose=0, log=lambda _: None)
     finally:
         ray.shutdown()
+        os.environ.pop("RAY_TMPDIR") if previous is None else os.environ.update(RAY_TMPDIR=previous)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
     experiment = client.get_experiment_by_name("iakd-digits")
     runs = client.search_runs([experiment.experiment_id])

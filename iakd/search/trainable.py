@@ -7,6 +7,7 @@ in the trial's checkpoint, so a trial restored after a failure or ``--resume`` c
 
 from __future__ import annotations
 
+import contextlib
 import math
 import socket
 from dataclasses import dataclass
@@ -68,10 +69,16 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     cpus = int(trial.get_trial_resources().required_resources.get("CPU", 1))
     torch.set_num_threads(max(1, cpus))
 
-    resume_from, run_id, done = None, None, []
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        resume_from = Path(checkpoint.to_directory()) / "checkpoint.pt"
+    # as_directory: no copy for local storage, and a downloaded copy is removed when the trial ends
+    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as restored:
+        _train_and_log(cfg, context, trial, trial_dir, restored)
+
+
+def _train_and_log(cfg: TrainConfig, context: TrialContext, trial, trial_dir: Path, restored: str | None) -> None:
+    resume_from, run_id, done = None, None, []
+    if restored is not None:
+        resume_from = Path(restored) / "checkpoint.pt"
         state = load_file(resume_from, required=("extra", "history"))
         run_id, done = state["extra"].get("mlflow_run_id"), state["history"]
     if run_id is None:  # starting from scratch: a run begun by an earlier attempt held no progress

@@ -1,0 +1,187 @@
+"""An interrupted sweep finishes with ``--resume``: ``python tune/search.py`` as a real process, stopped by SIGINT.
+
+The first run is interrupted while a searched trial is in the middle of its training (a trial has finished,
+and the next one has reported at least one epoch but not all of them). Ray Tune saves the
+experiment on the first SIGINT and returns; the runner closes the parent run and the open trial run as KILLED
+and exits with 3. ``--resume`` with the same overrides then ends the sweep (exit 0): exactly ``num_samples``
+trials, each with exactly one MLflow run, the interrupted trial continuing its own run from its checkpoint,
+and one parent run covering both invocations.
+
+The interrupted trial's run holds each epoch exactly once, although Tune's stop lets the training thread
+log the epoch in progress before it exits: the resumed trial skips epochs its run already holds.
+
+Every wait has a deadline, and the processes run in their own process group, killed if anything is left.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tune" / "search.py"
+SAMPLES = 3
+EPOCHS = 3
+EXPERIMENT = "iakd-digits"
+
+
+def _overrides(tmp: Path) -> list[str]:
+    return [f"num_samples={SAMPLES}", "max_concurrent=1", "scheduler.name=none", f"run.optim.epochs={EPOCHS}",
+            "run.teacher.epochs=1", "run.data.image_size=8", "run.teacher.arch=resnet20", "baselines.methods=[ce]",
+            f"storage_path={tmp}/ray", f"tracking_uri=sqlite:///{tmp}/mlflow.db"]
+
+
+class Search:
+    """``python tune/search.py ...`` in its own process group, its output in files (no pipe to fill up)."""
+
+    def __init__(self, tmp: Path, name: str, args: list[str], env: dict[str, str]):
+        self.out, self.err = tmp / f"{name}.out", tmp / f"{name}.err"
+        with open(self.out, "w") as out, open(self.err, "w") as err:
+            self.proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=tmp, env=env, stdout=out,
+                                         stderr=err, start_new_session=True)
+
+    def stdout(self) -> str:
+        return self.out.read_text()
+
+    def tail(self) -> str:
+        return f"--- stdout ---\n{self.stdout()[-3000:]}\n--- stderr ---\n{self.err.read_text()[-3000:]}"
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"tune/search.py did not exit within {timeout:.0f}s\n{self.tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL the process group: the driver and whatever Ray processes it left behind."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+
+
+def _until(condition, timeout: float, search: Search, what: str):
+    """Poll ``condition`` until it returns something truthy; fail on the deadline or if the search exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if search.proc.poll() is not None:
+            pytest.fail(f"tune/search.py exited with {search.proc.returncode} before {what}\n{search.tail()}")
+        time.sleep(0.25)
+    pytest.fail(f"no {what} within {timeout:.0f}s\n{search.tail()}")
+
+
+@pytest.fixture
+def env(tmp_path):
+    """The environment of the search processes: a short private RAY_TMPDIR (socket paths < 107 characters;
+    no joining a stray cluster), removed afterwards, and one torch thread for the driver's teacher (2 cores,
+    shared with Ray's processes)."""
+    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")
+    values = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    # TMPDIR too: a trial restored from a checkpoint leaves a copy of it in tempfile.gettempdir().
+    # RAY_worker_niceness: Ray runs its workers at nice 15, and beside any busy process they would crawl.
+    values.update(RAY_TMPDIR=ray_tmp, TMPDIR=ray_tmp, RAY_worker_niceness="0", PYTHONUNBUFFERED="1",
+                  OMP_NUM_THREADS="1")
+    yield values
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_an_interrupted_sweep_finishes_with_resume(tmp_path, env):
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    overrides = _overrides(tmp_path)
+    first = Search(tmp_path, "first", overrides, env)
+    try:
+        # The database exists (created and migrated under the project's lock) once the parent run is logged.
+        _until(lambda: "MLflow: experiment" in first.stdout(), 180, first, "parent run")
+        client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+        experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+
+        def search_runs():
+            try:
+                return client.search_runs([experiment_id], "tags.`iakd.role` = 'search'")
+            except MlflowException:  # the writer holds the sqlite lock: ask again
+                return []
+
+        def mid_training():
+            runs = search_runs()
+            if not any(r.info.status == "FINISHED" for r in runs):
+                return None
+            return next((r for r in runs
+                         if r.info.status == "RUNNING" and 1 <= r.data.metrics.get("epochs", 0) < EPOCHS), None)
+
+        running = _until(mid_training, 240, first, "searched trial in the middle of its training")
+        # Into the next epoch, leaving the driver time to take in the checkpoint of the one just reported.
+        time.sleep(min(max(1.0, 0.5 * running.data.metrics.get("epoch_seconds", 1.0)), 5.0))
+        first.proc.send_signal(signal.SIGINT)
+        assert first.wait(120) == 3, first.tail()
+    finally:
+        if first.proc.poll() is None:
+            first.kill()
+    assert "interrupted: continue with --resume" in first.stdout()
+
+    interrupted_trial = running.data.tags["iakd.trial_id"]
+    parents = client.search_runs([experiment_id], "tags.`iakd.role` = 'sweep'")
+    assert len(parents) == 1 and parents[0].info.status == "KILLED"
+    assert parents[0].data.tags["iakd.interrupted"] == "true"
+    before = {r.info.run_id: r for r in search_runs()}
+    assert 2 <= len(before) <= SAMPLES
+    assert not [r for r in before.values() if r.info.status in ("RUNNING", "SCHEDULED")]  # closed as KILLED
+    if before[running.info.run_id].data.tags.get("status") != "finished":  # (not done in the last moment)
+        assert before[running.info.run_id].info.status == "KILLED"
+
+    second = Search(tmp_path, "resumed", [*overrides, "--resume"], env)
+    try:
+        assert second.wait(300) == 0, second.tail()
+    finally:
+        if second.proc.poll() is None:
+            second.kill()
+    text = second.stdout()
+    assert f"parent run {parents[0].info.run_id} (resumed)" in text
+
+    runs = client.search_runs([experiment_id], "tags.`iakd.role` = 'search'")
+    trial_ids = [r.data.tags["iakd.trial_id"] for r in runs]
+    assert len(runs) == SAMPLES and len(set(trial_ids)) == SAMPLES, trial_ids  # one run per trial, no more
+    assert [r.info.status for r in runs] == ["FINISHED"] * SAMPLES
+    finished_before = {i for i, r in before.items() if r.data.tags.get("status") == "finished"}
+    assert finished_before <= {r.info.run_id for r in runs}  # trials done before the interruption were kept
+
+    # The interrupted trial continued the run it had begun, from its checkpoint: every epoch logged once.
+    (resumed,) = [r for r in runs if r.data.tags["iakd.trial_id"] == interrupted_trial]
+    assert resumed.info.run_id == running.info.run_id
+    assert resumed.data.tags["status"] == "finished"
+    steps = sorted(m.step for m in client.get_metric_history(resumed.info.run_id, "val_acc"))
+    assert steps == list(range(1, EPOCHS + 1))
+    for run in runs:
+        if run.info.run_id != resumed.info.run_id:
+            steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc"))
+            assert steps == list(range(1, EPOCHS + 1))
+    # Tune's side: the restored searcher sampled only the missing trials.
+    assert len(list((tmp_path / "ray" / EXPERIMENT).glob("search_*/params.json"))) == SAMPLES
+
+    baselines = client.search_runs([experiment_id], "tags.`iakd.role` = 'baseline'")
+    assert [r.info.status for r in baselines] == ["FINISHED"]
+
+    parents = client.search_runs([experiment_id], "tags.`iakd.role` = 'sweep'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    tags = parents[0].data.tags
+    assert tags["iakd.interrupted"] == "false"
+    assert tags["best_trial"] in {r.info.run_name for r in runs}
+    assert f"Search {EXPERIMENT!r}: {SAMPLES} trials, 1 baselines" in text
+    assert f"Best trial {tags['best_trial']} (MLflow run {tags['best_run_id']}):" in text
+    best = next(r for r in runs if r.info.run_name == tags["best_trial"])
+    assert best.info.run_id == tags["best_run_id"]
+    assert parents[0].data.metrics["best_val_acc"] == pytest.approx(max(r.data.metrics["best_val_acc"] for r in runs))
