@@ -23,7 +23,7 @@ from iakd.models import ARCHS
 from iakd.units import parse_granularity
 
 __all__ = ["DataConfig", "TeacherConfig", "StudentConfig", "MethodConfig", "OptimConfig", "TrainConfig",
-           "load_config", "from_dict", "apply_overrides", "parse_overrides", "to_dict"]
+           "load_config", "from_dict", "build_dataclass", "read_yaml", "apply_overrides", "parse_overrides", "to_dict"]
 
 
 DEFAULT_SCHEDULE: dict[str, Any] = {"family": "linear", "p0": 0.5, "t_end": 0.8}
@@ -119,7 +119,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return None
     elif dataclasses.is_dataclass(tp):
         if isinstance(value, Mapping):
-            return _build(tp, value, key)
+            return build_dataclass(tp, value, key)
     elif origin is list:
         if isinstance(value, (list, tuple)):
             (item,) = typing.get_args(tp)
@@ -149,7 +149,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: {value!r} is not {_type_name(tp)}")
 
 
-def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+def build_dataclass(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+    """Build config dataclass ``cls`` from a mapping; unknown keys and wrong types raise a ConfigError naming
+    ``prefix.key``. Value checks beyond types are the caller's."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -208,7 +210,7 @@ def from_dict(values: Mapping[str, Any]) -> TrainConfig:
     if isinstance(values.get("schedule"), Mapping):
         # A partial schedule (e.g. only an override of schedule.p0) takes the other keys from the default.
         values = {**values, "schedule": {**DEFAULT_SCHEDULE, **values["schedule"]}}
-    cfg = _build(TrainConfig, values)
+    cfg = build_dataclass(TrainConfig, values)
     _check(cfg)
     return cfg
 

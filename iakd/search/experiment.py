@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 from iakd import models
-from iakd.config import TrainConfig, _build, apply_overrides, from_dict, parse_overrides, read_yaml, to_dict
+from iakd.config import TrainConfig, build_dataclass, apply_overrides, from_dict, parse_overrides, read_yaml, to_dict
 from iakd.errors import ConfigError
 from iakd.search.space import SearchSpace, build_space
 from iakd.units import parse_granularity, valid_granularities
@@ -108,7 +108,7 @@ def validate(values: Mapping[str, Any]) -> Experiment:
     """Build and validate an experiment from a nested mapping."""
     if not isinstance(values, Mapping):
         raise ConfigError("experiment config: expected a mapping at the top level")
-    cfg = _build(ExperimentConfig, values)
+    cfg = build_dataclass(ExperimentConfig, values)
     _check(cfg)
     try:
         base = from_dict(cfg.run)
