@@ -209,8 +209,8 @@ def train(
             sums["train_loss"] = sums.get("train_loss", 0.0) + loss.item() * n
             for name, value in losses.items():
                 sums[name] = sums.get(name, 0.0) + value.item() * n
-            prob_sum += schedule(progress) if method.uses_swap else 0.0
             if method.uses_swap:
+                prob_sum += schedule(progress)
                 swapped += sum(method.last_swap)
                 swap_draws += method.num_units
         if status == "diverged":

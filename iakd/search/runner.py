@@ -51,7 +51,7 @@ class SearchSummary:
     interrupted: bool = False
 
 
-def _summaries(results: tune.ResultGrid, metric: str) -> list[TrialSummary]:
+def _summaries(results: tune.ResultGrid, metric: str, mode: str) -> list[TrialSummary]:
     out = []
     for r in results:
         if r.metrics_dataframe is None or r.metrics_dataframe.empty:
@@ -59,8 +59,8 @@ def _summaries(results: tune.ResultGrid, metric: str) -> list[TrialSummary]:
         history = r.metrics_dataframe
         out.append(TrialSummary(
             name=str(r.metrics.get("trial_name", Path(r.path).name)),
-            overrides={k: v for k, v in r.config.items()},
-            best_val_acc=float(history[metric].max()),
+            overrides=dict(r.config),
+            best_val_acc=float(history[metric].max() if mode == "max" else history[metric].min()),
             last_test_acc=float(history["test_acc"].iloc[-1]),
             epochs=int(history["epoch"].iloc[-1]),
             run_id=r.metrics.get("mlflow_run_id"),
@@ -103,7 +103,6 @@ def run_search(
     parent_tags = {SWEEP_TAG: name, "iakd.role": "sweep", "teacher": base.teacher.arch, "student": base.student.arch,
                    "dataset": base.data.name}
     previous = tracking.find_run(uri, name, {SWEEP_TAG: name, "iakd.role": "sweep"}) if resume else None
-    tracking.connect(uri, name)
     parent = tracking.start_parent_run(
         uri, name, run_name=f"sweep-{name}", run_id=previous, tags=parent_tags,
         params={"experiment": {k: v for k, v in to_dict(cfg).items() if k not in ("run", "space")}, "run": to_dict(base)},
@@ -116,8 +115,11 @@ def run_search(
     base_dict = to_dict(base)
     resources = {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
     closer = CloseTrialRuns(uri)
-    failure = tune.FailureConfig(max_failures=cfg.max_failures)
-    keep = tune.CheckpointConfig(num_to_keep=2)
+
+    def run_config(run_name: str) -> tune.RunConfig:
+        return tune.RunConfig(name=run_name, storage_path=cfg.storage_path, callbacks=[closer], verbose=verbose,
+                              failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+                              checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
 
     def trainable(role: str):
         context = TrialContext(base_dict, teacher_path, uri, name, parent, role)
@@ -130,14 +132,13 @@ def run_search(
         tuner = _tuner(baseline_path, trainable("baseline"), grid,
                        tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, max_concurrent_trials=cfg.max_concurrent,
                                        trial_name_creator=baseline_name, trial_dirname_creator=baseline_name),
-                       tune.RunConfig(name=f"{name}-baselines", storage_path=cfg.storage_path, callbacks=[closer],
-                                      failure_config=failure, checkpoint_config=keep, verbose=verbose), resume)
+                       run_config(f"{name}-baselines"), resume)
         grid_results = tuner.fit()
-        baselines = _summaries(grid_results, cfg.metric)
+        baselines = _summaries(grid_results, cfg.metric, cfg.mode)
         interrupted |= _unfinished(grid_results, len(cfg.baselines.methods) * len(cfg.baselines.seeds))
 
     trials: list[TrialSummary] = []
-    if not interrupted and cfg.num_samples > 0:
+    if not interrupted:  # num_samples >= 1, checked at load
         searcher = OptunaSearch(space=experiment.space.define_by_run, metric=cfg.metric, mode=cfg.mode,
                                 sampler=optuna.samplers.TPESampler(seed=cfg.searcher_seed))
         scheduler = (ASHAScheduler(time_attr="epoch", metric=cfg.metric, mode=cfg.mode, max_t=experiment.epochs + 1, grace_period=min(cfg.scheduler.grace_period, experiment.epochs),
@@ -146,10 +147,9 @@ def run_search(
                        tune.TuneConfig(num_samples=cfg.num_samples, scheduler=scheduler, trial_name_creator=trial_name,
                                        trial_dirname_creator=trial_name,
                                        search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.max_concurrent)),
-                       tune.RunConfig(name=name, storage_path=cfg.storage_path, callbacks=[closer],
-                                      failure_config=failure, checkpoint_config=keep, verbose=verbose), resume)
+                       run_config(name), resume)
         results = tuner.fit()
-        trials = _summaries(results, cfg.metric)
+        trials = _summaries(results, cfg.metric, cfg.mode)
         interrupted |= _unfinished(results, cfg.num_samples)
 
     best = max(trials, key=lambda t: t.best_val_acc if cfg.mode == "max" else -t.best_val_acc, default=None)
