@@ -136,8 +136,26 @@ def validate(values: Mapping[str, Any]) -> Experiment:
 
 
 def load_experiment(path: str | Path | None, overrides: Sequence[str] | Mapping[str, Any] = ()) -> Experiment:
-    """YAML file + dotted overrides (``num_samples=4``, ``run.optim.epochs=3``) -> validated Experiment."""
+    """YAML file + dotted overrides (``num_samples=4``, ``run.optim.epochs=3``) -> validated Experiment.
+
+    The space's keys are themselves dotted run-config keys, so ``space.<key>=<value>`` sets the entry ``<key>``
+    of ``space`` as a whole (``space.schedule.p0={low: 0.2, high: 0.6}``, ``space.method.name=[iakd]``), and
+    ``space.<key>=null`` takes the key out of the space (the run config's value then holds for every trial).
+    """
     values = read_yaml(path) if path is not None else {}
     if not isinstance(overrides, Mapping):
         overrides = parse_overrides(overrides)
-    return validate(apply_overrides(values, overrides))
+    nested = {k: v for k, v in overrides.items() if not k.startswith("space.")}
+    values = apply_overrides(values, nested)
+    space = values.setdefault("space", {})
+    for dotted, value in overrides.items():
+        if dotted in nested:
+            continue
+        if not isinstance(space, dict):
+            raise ConfigError(f"{dotted}: space is {space!r}, not a mapping of dotted run-config keys")
+        key = dotted.removeprefix("space.")
+        if value is None:
+            space.pop(key, None)
+        else:
+            space[key] = value
+    return validate(values)
