@@ -83,12 +83,15 @@ def test_child_runs_hold_params_tags_and_per_epoch_histories(sweep):
         assert "config.yaml" in [a.path for a in client.list_artifacts(run.info.run_id)]
 
 
-def test_finished_trials_log_their_student_weights(sweep):
+def test_finished_trials_log_their_student_weights_and_training_log(sweep, tmp_path):
     summary, _, client, runs = sweep
     complete = [r for r in runs if r.data.tags.get("status") == "finished"]
     assert complete  # at least the baselines and the best trial run to the end
     for run in complete:
-        assert "student.pt" in [a.path for a in client.list_artifacts(run.info.run_id)]
+        assert {"student.pt", "train.log"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    log = Path(client.download_artifacts(complete[0].info.run_id, "train.log", str(tmp_path))).read_text()
+    assert [line.split()[1] for line in log.splitlines() if line.startswith("epoch")] == [
+        f"{e}/{EPOCHS}" for e in range(1, EPOCHS + 1)]
 
 
 def test_summary_names_the_best_trial_beside_the_baselines(sweep):

@@ -165,6 +165,11 @@ def test_an_interrupted_sweep_finishes_with_resume(tmp_path, env):
     assert resumed.data.tags["status"] == "finished"
     steps = sorted(m.step for m in client.get_metric_history(resumed.info.run_id, "val_acc"))
     assert steps == list(range(1, EPOCHS + 1))
+    # Its training log, carried in the checkpoint, holds every epoch once across both attempts.
+    log = Path(client.download_artifacts(resumed.info.run_id, "train.log", str(tmp_path))).read_text()
+    assert "resumed from" in log
+    assert [line.split()[1] for line in log.splitlines() if line.startswith("epoch")] == [
+        f"{e}/{EPOCHS}" for e in range(1, EPOCHS + 1)]
     for run in runs:
         if run.info.run_id != resumed.info.run_id:
             steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc"))

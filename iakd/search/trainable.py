@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,10 +73,10 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     checkpoint = tune.get_checkpoint()
     # as_directory: no copy for local storage, and a downloaded copy is removed when the trial ends
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as restored:
-        _train_and_log(cfg, context, trial, trial_dir, restored)
+        _train_and_log(cfg, context, trial, restored)
 
 
-def _train_and_log(cfg: TrainConfig, context: TrialContext, trial, trial_dir: Path, restored: str | None) -> None:
+def _train_and_log(cfg: TrainConfig, context: TrialContext, trial, restored: str | None) -> None:
     resume_from, run_id, done = None, None, []
     if restored is not None:
         resume_from = Path(restored) / "checkpoint.pt"
@@ -115,7 +116,13 @@ def _train_and_log(cfg: TrainConfig, context: TrialContext, trial, trial_dir: Pa
         saved = tune.Checkpoint.from_directory(str(checkpoint_path.parent)) if checkpoint_path else None
         tune.report({**metrics, "mlflow_run_id": run.run_id, "trial_name": trial.get_trial_name()}, checkpoint=saved)
 
-    log_file = open(trial_dir / "train.log", "a")
+    # The log lives in the folder Tune checkpoints, so each checkpoint carries the log up to its epoch; a
+    # restored trial starts from that copy and the finished log holds every epoch once, across attempts.
+    log_path = Path(cfg.out_dir) / "train.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    if restored is not None and (Path(restored) / "train.log").is_file():
+        shutil.copyfile(Path(restored) / "train.log", log_path)
+    log_file = open(log_path, "a" if restored is not None else "w")
     try:
         result = train(cfg, [report], resume_from=resume_from, extra={"mlflow_run_id": run.run_id},
                        log=lambda line: print(line, file=log_file, flush=True))
@@ -127,6 +134,7 @@ def _train_and_log(cfg: TrainConfig, context: TrialContext, trial, trial_dir: Pa
         log_file.close()
     run.set_tags({"status": result["status"]})
     run.log_artifact(Path(cfg.out_dir) / "student.pt")
+    run.log_artifact(log_path)
     run.finish("FAILED" if result["status"] == "diverged" else "FINISHED")
 
 
