@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from iakd.search import storage
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "tune" / "configs" / "digits.yaml"
 EPOCHS = 2
@@ -31,14 +33,19 @@ def sweep(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("sweep")
     ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths must stay < 107 characters
-    previous = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = ray_tmp
+    previous = {key: os.environ.get(key) for key in ("RAY_TMPDIR", "TMPDIR")}
+    # TMPDIR: the workers' node-local copies of files shared through the storage URI go there.
+    os.environ.update(RAY_TMPDIR=ray_tmp, TMPDIR=str(tmp / "node"))
+    (tmp / "node").mkdir()
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
-        summary = run_search(load_experiment(CONFIG, tiny(tmp)), verbose=0, log=lambda _: None)
+        # Storage behind a URI (file:// takes the same pyarrow path as s3://): the teacher is published there.
+        overrides = [*tiny(tmp), f"storage_path=file://{tmp}/store", f"run.teacher.cache_dir={tmp}/driver"]
+        summary = run_search(load_experiment(CONFIG, overrides), verbose=0, log=lambda _: None)
     finally:
         ray.shutdown()
-        os.environ.pop("RAY_TMPDIR") if previous is None else os.environ.update(RAY_TMPDIR=previous)
+        for key, value in previous.items():
+            os.environ.pop(key, None) if value is None else os.environ.update({key: value})
         shutil.rmtree(ray_tmp, ignore_errors=True)
     client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
     experiment = client.get_experiment_by_name("iakd-digits")
@@ -81,6 +88,17 @@ def test_child_runs_hold_params_tags_and_per_epoch_histories(sweep):
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(1, epochs + 1))
         assert run.data.metrics["best_val_acc"] == max(m.value for m in client.get_metric_history(run.info.run_id, "val_acc"))
         assert "config.yaml" in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+
+def test_trials_read_the_teacher_published_under_the_storage_uri_through_a_node_local_copy(sweep):
+    _, _, _, runs = sweep
+    shared = {r.data.params["teacher.checkpoint"] for r in runs if r.data.tags.get("iakd.role") in ("search", "baseline")}
+    (uri,) = shared
+    assert uri.startswith("file://") and "/store/teachers/digits-resnet20-" in uri and storage.exists(uri)
+    tmp = Path(uri.removeprefix("file://")).parents[2]
+    (copy,) = (tmp / "node" / "iakd-shared").iterdir()
+    assert copy.read_bytes() == Path(uri.removeprefix("file://")).read_bytes()
+    assert (tmp / "driver" / uri.rsplit("/", 1)[-1]).is_file()  # the driver's own cache
 
 
 def test_finished_trials_log_their_student_weights_and_training_log(sweep, tmp_path):

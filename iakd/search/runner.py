@@ -6,6 +6,7 @@ Tune experiments (Optuna TPE through ``OptunaSearch``, ASHA on per-epoch ``val_a
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +20,14 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from iakd import tracking
-from iakd.config import to_dict
-from iakd.engine import prepare_teacher
+from iakd.config import TrainConfig, to_dict
+from iakd.engine import prepare_teacher, teacher_file
 from iakd.errors import ConfigError
+from iakd.search import storage
 from iakd.search.experiment import Experiment
 from iakd.search.trainable import CloseTrialRuns, TrialContext, baseline_name, run_trial, trial_name
 
-__all__ = ["TrialSummary", "SearchSummary", "run_search", "format_summary"]
+__all__ = ["TrialSummary", "SearchSummary", "run_search", "share_teacher", "format_summary"]
 
 SWEEP_TAG = "iakd.sweep"
 
@@ -93,12 +95,8 @@ def run_search(
     if resume and not (tune.Tuner.can_restore(search_path) or tune.Tuner.can_restore(baseline_path)):
         raise ConfigError(f"--resume: nothing to resume under {cfg.storage_path} for experiment {name!r}")
 
-    # The teacher is trained (or checked) once, here, and every trial reads the same file. A trained one is
-    # cached under the storage path so that a resumed sweep, and trials on other nodes (NFS), find it.
     base = experiment.base
-    if not base.teacher.checkpoint and "://" not in cfg.storage_path:
-        base.teacher.cache_dir = str(Path(cfg.storage_path) / "teachers")
-    teacher_path = str(prepare_teacher(base, log=log))
+    teacher_path = share_teacher(base, cfg.storage_path, log=log)
 
     parent_tags = {SWEEP_TAG: name, "iakd.role": "sweep", "teacher": base.teacher.arch, "student": base.student.arch,
                    "dataset": base.data.name}
@@ -167,6 +165,43 @@ def run_search(
             metrics[f"baseline_{b.overrides.get('method.name')}_seed{b.overrides.get('seed')}_val_acc"] = b.best_val_acc
         tracking.finish_parent_run(uri, parent, metrics=metrics, tags=tags)
     return SearchSummary(name, parent, uri, best, baselines, trials, interrupted)
+
+
+def share_teacher(base: TrainConfig, storage_path: str, *, log: Callable[[str], None] = print) -> str:
+    """Train (or check) the sweep's teacher once, here, and return where every trial reads it.
+
+    On a folder (local or NFS) a trained teacher is cached under ``<storage_path>/teachers`` and trials read it
+    there; a given ``teacher.checkpoint`` is read where it is. Behind a URI (``s3://``...) the driver keeps its
+    copy in ``teacher.cache_dir`` and publishes the file to ``<storage_path>/teachers/``, where trials on any
+    node, and a resumed sweep on a new head node, find it.
+    """
+    if not storage.is_uri(storage_path):
+        if not base.teacher.checkpoint:
+            base.teacher.cache_dir = str(Path(storage_path) / "teachers")
+        return str(prepare_teacher(base, log=log))
+    local = teacher_file(base)
+    if base.teacher.checkpoint:
+        local = prepare_teacher(base, log=log)  # checks that the given file exists
+        name = f"{local.stem}-{_file_digest(local)}{local.suffix}"  # users' files may share a name
+    else:
+        name = local.name  # the cache key already names the recipe
+    remote = storage.join(storage_path, "teachers", name)
+    if not local.is_file() and storage.exists(remote):
+        log(f"teacher {base.teacher.arch}: fetching {remote}")
+        storage.download(remote, local)
+    local = prepare_teacher(base, log=log)
+    if not storage.exists(remote):
+        log(f"teacher {base.teacher.arch}: publishing {local} -> {remote}")
+        storage.upload(local, remote)
+    return remote
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]
 
 
 def _unfinished(results: tune.ResultGrid, expected: int) -> bool:

@@ -23,6 +23,7 @@ from iakd import tracking
 from iakd.config import TrainConfig, from_dict, to_dict
 from iakd.checkpoint import load_file
 from iakd.engine import train
+from iakd.search import storage
 from iakd.search.space import apply_trial, trial_overrides
 
 __all__ = ["TrialContext", "run_trial", "trial_config", "trial_name", "baseline_name", "CloseTrialRuns"]
@@ -35,7 +36,7 @@ class TrialContext:
     """What every trial of a sweep shares, handed to the trainable with ``tune.with_parameters``."""
 
     base: dict[str, Any]  # the base run config, as plain nested data
-    teacher_path: str | None  # trained once before the sweep; None for a sweep of ce runs only
+    teacher_path: str | None  # trained once before the sweep: a path, or a storage URI (see iakd.search.storage)
     tracking_uri: str
     experiment: str
     parent_run_id: str
@@ -123,6 +124,8 @@ def _train_and_log(cfg: TrainConfig, context: TrialContext, trial, restored: str
     if restored is not None and (Path(restored) / "train.log").is_file():
         shutil.copyfile(Path(restored) / "train.log", log_path)
     log_file = open(log_path, "a" if restored is not None else "w")
+    if cfg.teacher.checkpoint:  # logged as the shared location; read from a node-local copy behind a URI
+        cfg.teacher.checkpoint = str(storage.fetch(cfg.teacher.checkpoint))
     try:
         result = train(cfg, [report], resume_from=resume_from, extra={"mlflow_run_id": run.run_id},
                        log=lambda line: print(line, file=log_file, flush=True))
