@@ -145,17 +145,15 @@ def load_experiment(path: str | Path | None, overrides: Sequence[str] | Mapping[
     values = read_yaml(path) if path is not None else {}
     if not isinstance(overrides, Mapping):
         overrides = parse_overrides(overrides)
-    nested = {k: v for k, v in overrides.items() if not k.startswith("space.")}
-    values = apply_overrides(values, nested)
-    space = values.setdefault("space", {})
-    for dotted, value in overrides.items():
-        if dotted in nested:
-            continue
+    values = apply_overrides(values, {k: v for k, v in overrides.items() if not k.startswith("space.")})
+    entries = {k.removeprefix("space."): v for k, v in overrides.items() if k.startswith("space.")}
+    if entries:
+        space = values.setdefault("space", {})
         if not isinstance(space, dict):
-            raise ConfigError(f"{dotted}: space is {space!r}, not a mapping of dotted run-config keys")
-        key = dotted.removeprefix("space.")
-        if value is None:
-            space.pop(key, None)
-        else:
-            space[key] = value
+            raise ConfigError(f"space: {space!r} is not a mapping of dotted run-config keys")
+        for key, value in entries.items():
+            if value is None:
+                space.pop(key, None)
+            else:
+                space[key] = value
     return validate(values)

@@ -179,17 +179,17 @@ def share_teacher(base: TrainConfig, storage_path: str, *, log: Callable[[str], 
         if not base.teacher.checkpoint:
             base.teacher.cache_dir = str(Path(storage_path) / "teachers")
         return str(prepare_teacher(base, log=log))
-    local = teacher_file(base)
     if base.teacher.checkpoint:
         local = prepare_teacher(base, log=log)  # checks that the given file exists
-        name = f"{local.stem}-{_file_digest(local)}{local.suffix}"  # users' files may share a name
+        # users' files may share a name: the published one carries its content's digest
+        remote = storage.join(storage_path, "teachers", f"{local.stem}-{_file_digest(local)}{local.suffix}")
     else:
-        name = local.name  # the cache key already names the recipe
-    remote = storage.join(storage_path, "teachers", name)
-    if not local.is_file() and storage.exists(remote):
-        log(f"teacher {base.teacher.arch}: fetching {remote}")
-        storage.download(remote, local)
-    local = prepare_teacher(base, log=log)
+        local = teacher_file(base)
+        remote = storage.join(storage_path, "teachers", local.name)  # the cache key already names the recipe
+        if not local.is_file() and storage.exists(remote):
+            log(f"teacher {base.teacher.arch}: fetching {remote}")
+            storage.download(remote, local)
+        local = prepare_teacher(base, log=log)
     if not storage.exists(remote):
         log(f"teacher {base.teacher.arch}: publishing {local} -> {remote}")
         storage.upload(local, remote)

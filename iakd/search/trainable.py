@@ -124,9 +124,9 @@ def _train_and_log(cfg: TrainConfig, context: TrialContext, trial, restored: str
     if restored is not None and (Path(restored) / "train.log").is_file():
         shutil.copyfile(Path(restored) / "train.log", log_path)
     log_file = open(log_path, "a" if restored is not None else "w")
-    if cfg.teacher.checkpoint:  # logged as the shared location; read from a node-local copy behind a URI
-        cfg.teacher.checkpoint = str(storage.fetch(cfg.teacher.checkpoint))
     try:
+        if cfg.teacher.checkpoint:  # logged as the shared location; read from a node-local copy behind a URI
+            cfg.teacher.checkpoint = str(storage.fetch(cfg.teacher.checkpoint))
         result = train(cfg, [report], resume_from=resume_from, extra={"mlflow_run_id": run.run_id},
                        log=lambda line: print(line, file=log_file, flush=True))
     except Exception:
