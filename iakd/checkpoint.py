@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,19 +14,20 @@ import torch
 
 from iakd.errors import ConfigError
 
-__all__ = ["save_atomic", "load_file", "capture_rng", "restore_rng", "CHECKPOINT_FORMAT"]
+__all__ = ["save_atomic", "copy_atomic", "load_file", "capture_rng", "restore_rng", "CHECKPOINT_FORMAT"]
 
-CHECKPOINT_FORMAT = "iakd-checkpoint-v1"
+# v2: one generator per random stream (order, augment, swap) instead of one shared by order and augmentation.
+CHECKPOINT_FORMAT = "iakd-checkpoint-v2"
 
 
-def save_atomic(obj: Any, path: str | Path) -> Path:
-    """torch.save to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
+def _write_atomic(path: str | Path, write: Any) -> Path:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename: a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -33,6 +35,17 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_atomic(obj: Any, path: str | Path) -> Path:
+    """torch.save ``obj`` to ``path`` atomically."""
+    return _write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def copy_atomic(source: str | Path, path: str | Path) -> Path:
+    """Copy the file ``source`` to ``path`` atomically."""
+    with open(source, "rb") as src:
+        return _write_atomic(path, lambda f: shutil.copyfileobj(src, f))
 
 
 def load_file(path: str | Path, *, what: str = "checkpoint", required: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -70,7 +83,8 @@ def restore_rng(state: dict[str, Any], **generators: torch.Generator) -> None:
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     for name, g in generators.items():

@@ -10,17 +10,18 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import yaml
 
 from iakd import schedules
 from iakd.errors import ConfigError
 from iakd.methods import METHODS
-from iakd.models import ARCHS
-from iakd.units import parse_granularity
+from iakd.models import ARCHS, blocks_per_stage
+from iakd.units import canonical_granularity, parse_granularity
 
 __all__ = ["DataConfig", "TeacherConfig", "StudentConfig", "MethodConfig", "OptimConfig", "TrainConfig",
            "load_config", "from_dict", "build_dataclass", "read_yaml", "apply_overrides", "parse_overrides", "to_dict"]
@@ -38,6 +39,7 @@ class DataConfig:
     download: bool = False
     image_size: int | None = None
     num_workers: int = 4
+    train_size: int | None = None  # keep this many training images (a subset fixed by split_seed); None: all
 
 
 @dataclass
@@ -55,10 +57,10 @@ class StudentConfig:
 
 @dataclass
 class MethodConfig:
-    name: Literal["ce", "kd", "iakd", "iakd+kd"] = "iakd"
-    granularity: str | int = "stage"
-    ce_weight: float | None = None  # None: the method's standard value (kd 0.1, otherwise 1.0)
-    kd_weight: float | None = None  # None: kd 0.9, iakd+kd 0.9, iakd 0
+    name: str = "iakd"  # a key of iakd.methods.METHODS
+    granularity: str | int = "stage"  # normalised to its canonical name for the pair (see units.canonical_granularity)
+    ce_weight: float | None = None  # None: the method's default (kd 0.1, otherwise 1.0)
+    kd_weight: float | None = None  # None: the method's default (kd and iakd+kd 0.9); > 0 only for those
     temperature: float = 4.0
 
 
@@ -175,23 +177,46 @@ def _check(cfg: TrainConfig) -> None:
             fail(key, arch, f"known architectures: {', '.join(ARCHS)}")
     if cfg.method.name not in METHODS:
         fail("method.name", cfg.method.name, f"known: {', '.join(METHODS)}")
+    method = METHODS[cfg.method.name]
+    kd_weight = cfg.method.kd_weight
+    if kd_weight is not None and method.has_kd_term and kd_weight == 0:
+        fail("method.kd_weight", kd_weight, f"method.name={cfg.method.name} has a KD term and needs kd_weight > 0 "
+             "(or null for its default); without one, use method.name=iakd (or ce)")
+    if kd_weight is not None and not method.has_kd_term and kd_weight != 0:
+        fail("method.kd_weight", kd_weight, f"method.name={cfg.method.name} has no KD term; use method.name="
+             f"{'iakd+kd' if method.uses_swap else 'kd'} to add one, or leave method.kd_weight unset")
     try:
-        cfg.method.granularity = parse_granularity(cfg.method.granularity)
+        granularity = parse_granularity(cfg.method.granularity)
     except ConfigError as e:
         raise ConfigError(f"method.{e}") from None
+    if method.uses_swap:
+        s_blocks, t_blocks = blocks_per_stage(cfg.student.arch), blocks_per_stage(cfg.teacher.arch)
+        pair = f"{cfg.teacher.arch} -> {cfg.student.arch}"
+        if len(s_blocks) != len(t_blocks):
+            raise ConfigError(f"student.arch: {cfg.student.arch!r} has {len(s_blocks)} stages and teacher.arch "
+                              f"{cfg.teacher.arch!r} {len(t_blocks)}; swapping needs the same number")
+        # Only block counts are needed here; spatial sizes are checked when the hybrid is built.
+        try:
+            granularity = canonical_granularity(s_blocks, t_blocks, granularity, pair=pair)
+        except ConfigError as e:
+            raise ConfigError(f"method.{e}") from None
+    cfg.method.granularity = granularity
     schedules.build(cfg.schedule, prefix="schedule")
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         fail("data.val_fraction", cfg.data.val_fraction, "must be in [0, 1)")
     positive = {"optim.epochs": cfg.optim.epochs, "optim.batch_size": cfg.optim.batch_size, "optim.lr": cfg.optim.lr,
-                "method.temperature": cfg.method.temperature, "checkpoint_every": cfg.checkpoint_every,
-                "data.num_workers": cfg.data.num_workers + 1}
+                "method.temperature": cfg.method.temperature, "checkpoint_every": cfg.checkpoint_every}
     if cfg.teacher.epochs is not None:
         positive["teacher.epochs"] = cfg.teacher.epochs
     if cfg.data.image_size is not None:
         positive["data.image_size"] = cfg.data.image_size
+    if cfg.data.train_size is not None:
+        positive["data.train_size"] = cfg.data.train_size
     for key, value in positive.items():
         if value <= 0:
-            fail(key, value if key != "data.num_workers" else value - 1, "must be > 0" if key != "data.num_workers" else "must be >= 0")
+            fail(key, value, "must be > 0")
+    if cfg.data.num_workers < 0:
+        fail("data.num_workers", cfg.data.num_workers, "must be >= 0")
     for key, value in (("optim.momentum", cfg.optim.momentum), ("optim.gamma", cfg.optim.gamma)):
         if not 0.0 <= value <= 1.0:
             fail(key, value, "must be in [0, 1]")

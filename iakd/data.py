@@ -9,6 +9,7 @@ and resumed exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
-from torch.utils.data import DataLoader, Dataset as TorchDataset
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
 from torchvision import transforms
 
 from iakd.errors import ConfigError, DataError
@@ -43,6 +45,8 @@ IMAGENET_NORMALIZATION = Normalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0
 # split_seed, so that test scores stay comparable.
 _DIGITS_TEST_SEED = 20_240_601
 _DIGITS_TEST_FRACTION = 0.2
+# Offsets split_seed for the draw of a smaller training set, so it is not the validation split's permutation.
+_TRAIN_SUBSET_SALT = 7_919
 
 
 def _check_batching(batch_size: int) -> None:
@@ -82,27 +86,33 @@ class TensorSplit:
         shuffle: bool,
         augment: bool,
         generator: torch.Generator | None = None,
-        drop_last: bool = False,
+        augment_generator: torch.Generator | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (float32 normalised images, int64 labels) batches on the split's device.
 
-        Shuffle order, crop offsets and flips are drawn on the CPU from ``generator`` (torch's default
-        generator when None), so a generator in a known state reproduces the same batches exactly.
+        The shuffle order is drawn on the CPU from ``generator``, crop offsets and flips from
+        ``augment_generator`` (``generator`` when None; torch's default generator when both are None), so
+        generators in a known state reproduce the same batches exactly.
         Augmentation is a random crop with zero padding of image_size // 8 plus a random horizontal flip.
         """
         _check_batching(batch_size)
+        augment_generator = generator if augment_generator is None else augment_generator
         n = len(self)
         if shuffle:
             order = torch.randperm(n, generator=generator).to(self.device)
         else:
             order = torch.arange(n, device=self.device)
-        stop = n - n % batch_size if drop_last else n
-        for start in range(0, stop, batch_size):
+        for start in range(0, n, batch_size):
             index = order[start : start + batch_size]
             images = self.images[index]
             if augment:
-                images = crop_and_flip(images, generator)
+                images = crop_and_flip(images, augment_generator)
             yield self._normalize(images), self.labels[index]
+
+    def subset(self, positions: torch.Tensor) -> TensorSplit:
+        """The split restricted to the images at ``positions`` (in that order)."""
+        index = positions.to(self.device)
+        return TensorSplit(self.images[index], self.labels[index], self.normalization)
 
     def _normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images.float() / 255.0 - self._mean) / self._std
@@ -144,6 +154,11 @@ class _Indexed(TorchDataset):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def subset(self, positions: torch.Tensor) -> FolderSplit:
+        """The split restricted to the images at ``positions`` (in that order)."""
+        return FolderSplit(self.folder, [self.indices[i] for i in positions.tolist()], image_size=self.image_size,
+                           normalization=self.normalization, device=self.device, num_workers=self.num_workers)
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
         path, label = self.folder.samples[self.indices[position]]
@@ -192,6 +207,11 @@ class FolderSplit:
     def __len__(self) -> int:
         return len(self.indices)
 
+    def subset(self, positions: torch.Tensor) -> FolderSplit:
+        """The split restricted to the images at ``positions`` (in that order)."""
+        return FolderSplit(self.folder, [self.indices[i] for i in positions.tolist()], image_size=self.image_size,
+                           normalization=self.normalization, device=self.device, num_workers=self.num_workers)
+
     @property
     def labels(self) -> torch.Tensor:
         """Labels of the split in index order, int64 on the CPU (read from file names, no image decoding)."""
@@ -204,22 +224,23 @@ class FolderSplit:
         shuffle: bool,
         augment: bool,
         generator: torch.Generator | None = None,
-        drop_last: bool = False,
+        augment_generator: torch.Generator | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (float32 normalised images, int64 labels) batches on the split's device.
 
         Training augmentation is RandomResizedCrop + horizontal flip, evaluation is Resize + CenterCrop. The
-        shuffle order and a per-epoch augmentation seed are drawn from ``generator``.
+        shuffle order is drawn from ``generator``, a per-epoch augmentation seed from ``augment_generator``
+        (``generator`` when None).
         """
         _check_batching(batch_size)
+        augment_generator = generator if augment_generator is None else augment_generator
         order = torch.randperm(len(self), generator=generator).tolist() if shuffle else list(range(len(self)))
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if augment else None
+        seed = int(torch.randint(0, 2**62, (1,), generator=augment_generator)) if augment else None
         dataset = _Indexed(self.folder, self.indices, self.train_transform if augment else self.eval_transform, seed)
         loader = DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=order,
-            drop_last=drop_last,
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
         )
@@ -246,7 +267,7 @@ def split_indices(n: int, val_fraction: float, split_seed: int) -> tuple[torch.T
     The permutation comes from ``torch.Generator().manual_seed(split_seed)``; each part is sorted.
     """
     if not 0.0 <= val_fraction < 1.0:
-        raise ConfigError(f"dataset.val_fraction must be in [0, 1), got {val_fraction}")
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
     permutation = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
     n_val = round(n * val_fraction)
     return permutation[n_val:].sort().values, permutation[:n_val].sort().values
@@ -262,21 +283,35 @@ def load_dataset(
     download: bool = False,
     image_size: int | None = None,
     num_workers: int = 4,
+    train_size: int | None = None,
 ) -> Dataset:
     """Load dataset ``name`` (one of :data:`DATASETS`) with train/val/test splits.
 
     ``data_dir`` is the folder holding the CIFAR folders, or the ``train``/``val`` folders for ``imagefolder``.
     The validation split is ``val_fraction`` of the official training set, chosen by ``split_seed``.
-    In-memory datasets are placed on ``device``; batches always arrive on ``device``.
+    In-memory datasets are placed on ``device``; batches always arrive on ``device``. ``train_size`` keeps
+    that many images of the training split (a subset fixed by ``split_seed``; validation and test unchanged).
     """
+    dataset = _load(name, Path(data_dir), val_fraction, split_seed, device, download, image_size, num_workers)
+    if train_size is None:
+        return dataset
+    if not 0 < train_size <= len(dataset.train):
+        raise ConfigError(f"data.train_size: {train_size} is not in [1, {len(dataset.train)}], the images of the "
+                          f"{name} training split")
+    generator = torch.Generator().manual_seed(split_seed + _TRAIN_SUBSET_SALT)
+    keep = torch.randperm(len(dataset.train), generator=generator)[:train_size].sort().values
+    return dataclasses.replace(dataset, train=dataset.train.subset(keep))
+
+
+def _load(name: str, data_dir: Path, val_fraction: float, split_seed: int, device: str | torch.device,
+          download: bool, image_size: int | None, num_workers: int) -> Dataset:
     if name not in DATASETS:
-        raise ConfigError(f"dataset.name: unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
-    data_dir = Path(data_dir)
+        raise ConfigError(f"data.name: unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     if name == "digits":
         return _load_digits(val_fraction, split_seed, device, image_size or 32)
     if name in ("cifar10", "cifar100"):
         if image_size not in (None, 32):
-            raise ConfigError(f"dataset.image_size: {name} images are 32x32, got {image_size}")
+            raise ConfigError(f"data.image_size: {name} images are 32x32, got {image_size}")
         return _load_cifar(name, data_dir, val_fraction, split_seed, device, download)
     return _load_imagefolder(data_dir, val_fraction, split_seed, device, image_size or 224, num_workers)
 
@@ -352,7 +387,7 @@ def read_cifar_batch(path: Path, label_key: bytes, num_classes: int) -> tuple[to
     The file is unpickled with only numpy array globals allowed; anything missing or malformed raises
     :class:`DataError` naming the file.
     """
-    how = "re-download it with dataset.download=true (after deleting the folder) or replace it with the official file"
+    how = "re-download it with data.download=true (after deleting the folder) or replace it with the official file"
     if not path.is_file():
         raise DataError(f"{path}: CIFAR batch file not found; {how}")
     try:
@@ -398,7 +433,7 @@ def _load_cifar(name: str, data_dir: Path, val_fraction: float, split_seed: int,
         # torchvision only fetches and unpacks the archive here; reading goes through our own checked reader.
         downloader(root=str(data_dir), train=True, download=True)
     if not folder.is_dir():
-        raise DataError(f"{name}: folder {folder} not found; download it with dataset.download=true or put the "
+        raise DataError(f"{name}: folder {folder} not found; download it with data.download=true or put the "
                         "official python-version files there")
     parts = [read_cifar_batch(folder / file, label_key, num_classes) for file in train_files]
     train_images = torch.cat([images for images, _ in parts])

@@ -6,32 +6,36 @@ Each epoch writes an atomic checkpoint holding everything an exact resume needs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import random
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 import yaml
 
 from iakd import methods, models, schedules
-from iakd.checkpoint import CHECKPOINT_FORMAT, capture_rng, load_file, restore_rng, save_atomic
+from iakd.checkpoint import CHECKPOINT_FORMAT, capture_rng, copy_atomic, load_file, restore_rng, save_atomic
 from iakd.config import MethodConfig, StudentConfig, TrainConfig, to_dict
 from iakd.data import Dataset, load_dataset
 from iakd.errors import ConfigError
 from iakd.teachers import cache_path, load_teacher, save_teacher
 
-__all__ = ["Callback", "train", "evaluate", "prepare_teacher", "resolve_device", "checkpoint_extra", "TIMING_KEYS"]
+__all__ = ["Callback", "train", "evaluate", "prepare_teacher", "teacher_file", "resolve_device", "stream_seed",
+           "build_student", "build_method", "teacher_warning", "load_data"]
 
 # Called after each epoch with its metrics and the checkpoint just written (or None); True asks to stop.
 Callback = Callable[[dict[str, Any], "Path | None"], "bool | None"]
 
-# Metrics that measure the machine, not the run: they differ between otherwise identical runs.
-TIMING_KEYS = ("epoch_seconds", "images_per_second")
+# A teacher within this many points of chance accuracy cannot teach: its hybrid tends to diverge.
+TEACHER_CHANCE_MARGIN = 5.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -43,10 +47,58 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _seed_everything(seed: int) -> None:
+def stream_seed(seed: int, stream: str) -> int:
+    """The seed of one random stream of a run (``student``, ``connectors``, ``order``, ``augment``, ``swap``,
+    ``global``): a function of the run's seed and the stream's name only.
+
+    Each random choice of a run draws from its own stream, so no choice depends on what was built, trained or
+    drawn before it: ``ce``, ``kd`` and ``iakd`` at one seed start from the same student and see the same
+    batches, and a run that first trains its teacher matches one that reads the teacher from the cache.
+    """
+    digest = hashlib.sha256(f"iakd:{seed}:{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # < 2**63: valid for torch, numpy (mod 2**32) and random
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, stream: str) -> Iterator[None]:
+    """Run the block with the global RNGs seeded for ``stream``, and leave the caller's RNG states untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(stream_seed(seed, stream))
+        yield
+
+
+def _seed_globals(seed: int) -> None:
+    """Seed the global RNGs (anything in a step that draws from them, e.g. dropout) for the training loop."""
+    seed = stream_seed(seed, "global")
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def build_student(arch: str, num_classes: int, seed: int) -> models.ZooModel:
+    """The student's initial weights: a function of (arch, num_classes, seed) alone."""
+    with _seeded(seed, "student"):
+        return models.build(arch, num_classes)
+
+
+def build_method(cfg: TrainConfig, student: models.ZooModel, teacher: models.ZooModel | None,
+                 input_size: int) -> methods.Method:
+    """The config's method around ``student``; connectors (where widths differ) draw from their own stream."""
+    m = cfg.method
+    with _seeded(cfg.seed, "connectors"):
+        return methods.build(m.name, student, teacher, granularity=m.granularity, ce_weight=m.ce_weight,
+                             kd_weight=m.kd_weight, temperature=m.temperature,
+                             swap_seed=stream_seed(cfg.seed, "swap"), input_size=input_size,
+                             pair=f"{cfg.teacher.arch} -> {cfg.student.arch}")
+
+
+def teacher_warning(accuracy: float, num_classes: int) -> str | None:
+    """A warning when a teacher's test accuracy is within a few points of chance, else None."""
+    chance = 100.0 / num_classes
+    if accuracy < chance + TEACHER_CHANCE_MARGIN:
+        return (f"the teacher's test accuracy {accuracy:.1f}% is within {TEACHER_CHANCE_MARGIN:g} points of chance "
+                f"({chance:.1f}%): an untrained or wrong teacher file? A hybrid with it may diverge")
+    return None
 
 
 @torch.no_grad()
@@ -73,10 +125,12 @@ def _lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
 
 
 def _teacher_config(cfg: TrainConfig) -> TrainConfig:
-    """The run that trains this config's teacher: method ce on the teacher's architecture, same data and recipe."""
+    """The run that trains this config's teacher: method ce on the teacher's architecture, same recipe, on the
+    whole training split (``data.train_size`` limits the student's data, not the teacher's)."""
     optim = dataclasses.replace(cfg.optim, epochs=cfg.teacher.epochs or cfg.optim.epochs)
     return dataclasses.replace(cfg, student=StudentConfig(arch=cfg.teacher.arch), method=MethodConfig(name="ce"),
-                               optim=optim, checkpoint_every=optim.epochs)
+                               data=dataclasses.replace(cfg.data, train_size=None), optim=optim,
+                               checkpoint_every=optim.epochs)
 
 
 def teacher_file(cfg: TrainConfig) -> Path:
@@ -84,7 +138,7 @@ def teacher_file(cfg: TrainConfig) -> Path:
     if cfg.teacher.checkpoint:
         return Path(cfg.teacher.checkpoint)
     t = _teacher_config(cfg)
-    data = {k: v for k, v in to_dict(cfg.data).items() if k not in ("dir", "num_workers", "download")}
+    data = {k: v for k, v in to_dict(t.data).items() if k not in ("dir", "num_workers", "download", "train_size")}
     return cache_path(cfg.teacher.cache_dir, dataset=cfg.data.name, arch=cfg.teacher.arch,
                       recipe={"data": data, "optim": to_dict(t.optim)}, seed=cfg.seed)
 
@@ -104,22 +158,15 @@ def prepare_teacher(cfg: TrainConfig, log: Callable[[str], None] = print) -> Pat
     result = train(t_cfg, log=log, prepare=False)
     if result["status"] != "finished":
         raise RuntimeError(f"teacher training {result['status']}: {result['message']}")
-    student = models.build(cfg.teacher.arch, result["num_classes"])
-    student.load_state_dict(load_file(Path(t_cfg.out_dir) / "student.pt", required=("model",))["model"])
-    save_teacher(path, student, arch=cfg.teacher.arch, dataset=cfg.data.name, num_classes=result["num_classes"],
-                 accuracy=result["last_test_acc"], config=to_dict(t_cfg))
-    return path
+    return copy_atomic(Path(t_cfg.out_dir) / "student.pt", path)  # already in the teacher file format
 
 
-def checkpoint_extra(path: str | Path) -> dict[str, Any]:
-    """The free-form ``extra`` dict of a checkpoint (the search keeps its MLflow run id there)."""
-    return dict(load_file(path, required=("format", "extra"))["extra"])
-
-
-def _load_data(cfg: TrainConfig, device: torch.device) -> Dataset:
+def load_data(cfg: TrainConfig, device: torch.device) -> Dataset:
+    """The dataset a run config names, on ``device``."""
     d = cfg.data
     return load_dataset(d.name, d.dir, val_fraction=d.val_fraction, split_seed=d.split_seed, device=device,
-                        download=d.download, image_size=d.image_size, num_workers=d.num_workers)
+                        download=d.download, image_size=d.image_size, num_workers=d.num_workers,
+                        train_size=d.train_size)
 
 
 def train(
@@ -127,44 +174,42 @@ def train(
     callbacks: Iterable[Callback] = (),
     *,
     resume_from: str | Path | None = None,
-    extra: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
     prepare: bool = True,
 ) -> dict[str, Any]:
     """Train one student (or, with method ``ce``, one network alone) and return the final metrics.
 
-    ``resume_from`` continues from a checkpoint exactly; ``extra`` is stored in every checkpoint. The result
-    has ``status`` (finished, stopped or diverged), ``message``, ``history`` (per-epoch metrics) and the
-    final figures (best/last val accuracy, last test accuracy).
+    ``resume_from`` continues from a checkpoint exactly. The result has ``status`` (finished, stopped or
+    diverged), ``message``, ``history`` (per-epoch metrics), the final figures (best/last val accuracy, last
+    test accuracy), and the teacher's test accuracy with a ``teacher_warning`` when it is near chance.
     """
     callbacks = list(callbacks)
     device = resolve_device(cfg.device)
     out_dir = Path(cfg.out_dir)
-    _seed_everything(cfg.seed)
-    dataset = _load_data(cfg, device)
-    pair = f"{cfg.teacher.arch} -> {cfg.student.arch}"
+    dataset = load_data(cfg, device)
 
-    teacher, teacher_acc = None, None
-    if cfg.method.name != "ce":
+    teacher, teacher_acc, warning = None, None, None
+    if methods.METHODS[cfg.method.name].uses_teacher:
         path = prepare_teacher(cfg, log) if prepare else teacher_file(cfg)
         teacher = load_teacher(path, cfg.teacher.arch, dataset.num_classes).to(device)
         teacher_acc = evaluate(teacher, dataset.test)
         log(f"teacher {cfg.teacher.arch} from {path}: test acc {teacher_acc:.2f}%")
-    student = models.build(cfg.student.arch, dataset.num_classes)
-    m = cfg.method
-    method = methods.build(m.name, student, teacher, granularity=m.granularity, ce_weight=m.ce_weight,
-                           kd_weight=m.kd_weight, temperature=m.temperature, seed=cfg.seed,
-                           input_size=dataset.image_size, pair=pair).to(device)
+        warning = teacher_warning(teacher_acc, dataset.num_classes)
+        if warning:
+            log(f"warning: {warning}")
+    student = build_student(cfg.student.arch, dataset.num_classes, cfg.seed)
+    method = build_method(cfg, student, teacher, dataset.image_size).to(device)
     schedule = schedules.build(cfg.schedule)
     optimizer = torch.optim.SGD(method.trainable_parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                 weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg))
-    aug_generator = torch.Generator().manual_seed(cfg.seed)
-    swap_generator = getattr(method, "swap_generator", torch.Generator())
+    generators = {name: torch.Generator().manual_seed(stream_seed(cfg.seed, name)) for name in ("order", "augment")}
+    generators["swap"] = getattr(method, "swap_generator", torch.Generator())
+    _seed_globals(cfg.seed)
     steps_per_epoch = math.ceil(len(dataset.train) / cfg.optim.batch_size)
     total_steps = cfg.optim.epochs * steps_per_epoch
 
-    start_epoch, step, history, extra = 0, 0, [], dict(extra or {})
+    start_epoch, step, history = 0, 0, []
     if resume_from is not None:
         state = load_file(resume_from, required=("format", "epoch", "trainable", "optimizer", "rng"))
         if state["format"] != CHECKPOINT_FORMAT:
@@ -175,9 +220,8 @@ def train(
             raise ConfigError(f"checkpoint {resume_from}: does not fit this config ({str(e)[:160]})") from None
         optimizer.load_state_dict(state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
-        restore_rng(state["rng"], aug=aug_generator, swap=swap_generator)
+        restore_rng(state["rng"], **generators)
         start_epoch, step, history = state["epoch"], state["step"], list(state["history"])
-        extra = {**state["extra"], **extra}
         log(f"resumed from {resume_from} at epoch {start_epoch}")
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -189,8 +233,9 @@ def train(
         sums: dict[str, float] = {}
         seen = correct = swapped = swap_draws = 0
         prob_sum = 0.0
-        for images, labels in dataset.train.batches(cfg.optim.batch_size, shuffle=True, augment=True,
-                                                    generator=aug_generator):
+        batches = dataset.train.batches(cfg.optim.batch_size, shuffle=True, augment=True,
+                                        generator=generators["order"], augment_generator=generators["augment"])
+        for images, labels in batches:
             progress = step / total_steps
             if method.uses_swap:
                 method.swap_prob = schedule.unit_probs(progress, method.num_units)
@@ -219,7 +264,8 @@ def train(
         lr = optimizer.param_groups[0]["lr"]
         lr_scheduler.step()
         seconds = time.perf_counter() - started
-        batches = math.ceil(seen / cfg.optim.batch_size)
+        num_batches = math.ceil(seen / cfg.optim.batch_size)
+        previous = history[-1] if history else {}
         metrics = {
             "epoch": epoch + 1,
             **{k: v / seen for k, v in sums.items()},
@@ -227,23 +273,25 @@ def train(
             "val_acc": evaluate(method, dataset.val),
             "test_acc": evaluate(method, dataset.test),
             "lr": lr,
-            "swap_prob": prob_sum / batches,
+            "swap_prob": prob_sum / num_batches,
             "swap_rate": swapped / swap_draws if swap_draws else 0.0,
             "epoch_seconds": seconds,
             "images_per_second": seen / seconds,
+            # cumulative cost: what the analysis sets accuracy against
+            "images_seen": previous.get("images_seen", 0) + seen,
+            "train_seconds": previous.get("train_seconds", 0.0) + seconds,
         }
         history.append(metrics)
-        log(f"epoch {epoch + 1:>3}/{cfg.optim.epochs}  loss {metrics['train_loss']:.4f}  train {metrics['train_acc']:5.1f}%  "
-            f"val {metrics['val_acc']:5.1f}%  test {metrics['test_acc']:5.1f}%  p {metrics['swap_prob']:.3f}  "
-            f"lr {lr:.4g}  {seconds:.1f}s ({metrics['images_per_second']:.0f} img/s)")
+        log(f"epoch {epoch + 1:>3}/{cfg.optim.epochs}  loss {metrics['train_loss']:.4f}  "
+            f"train {metrics['train_acc']:5.1f}%  val {metrics['val_acc']:5.1f}%  test {metrics['test_acc']:5.1f}%  "
+            f"p {metrics['swap_prob']:.3f}  lr {lr:.4g}  {seconds:.1f}s ({metrics['images_per_second']:.0f} img/s)")
         checkpoint = None
         if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.optim.epochs:
             checkpoint = save_atomic({
                 "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "step": step, "config": to_dict(cfg),
                 "trainable": method.trainable_state_dict(), "optimizer": optimizer.state_dict(),
                 "lr_scheduler": lr_scheduler.state_dict(),
-                "rng": capture_rng(aug=aug_generator, swap=swap_generator),
-                "history": history, "extra": extra,
+                "rng": capture_rng(**generators), "history": history,
             }, out_dir / "checkpoint.pt")
         (out_dir / "metrics.json").write_text(json.dumps(history, indent=1))
         if any([cb(metrics, checkpoint) for cb in callbacks]):  # every callback sees every epoch
@@ -261,6 +309,7 @@ def train(
         "epochs": len(history),
         "num_classes": dataset.num_classes,
         "teacher_test_acc": teacher_acc,
+        "teacher_warning": warning,
         "best_val_acc": history[best]["val_acc"] if best is not None else float("nan"),
         "best_epoch": history[best]["epoch"] if best is not None else None,
         "last_val_acc": history[-1]["val_acc"] if history else float("nan"),

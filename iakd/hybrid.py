@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -38,17 +38,19 @@ class HybridNet(nn.Module):
         self._student_units = [nn.Sequential(*u.blocks) for u in s_units]
         self._teacher_units = [nn.Sequential(*u.blocks) for u in t_units]
         self.to_teacher = nn.ModuleDict(
-            {str(i): _connector(s.in_shape[0], t.in_shape[0]) for i, (s, t) in enumerate(zip(s_units, t_units)) if s.in_shape[0] != t.in_shape[0]}
+            {str(i): _connector(s.in_shape[0], t.in_shape[0])
+             for i, (s, t) in enumerate(zip(s_units, t_units)) if s.in_shape[0] != t.in_shape[0]}
         )
         self.to_student = nn.ModuleDict(
-            {str(i + 1): _connector(t.out_shape[0], s.out_shape[0]) for i, (s, t) in enumerate(zip(s_units, t_units)) if s.out_shape[0] != t.out_shape[0]}
+            {str(i + 1): _connector(t.out_shape[0], s.out_shape[0])
+             for i, (s, t) in enumerate(zip(s_units, t_units)) if s.out_shape[0] != t.out_shape[0]}
         )
 
     @property
     def num_units(self) -> int:
         return len(self._student_units)
 
-    def train(self, mode: bool = True) -> "HybridNet":
+    def train(self, mode: bool = True) -> HybridNet:
         super().train(mode)
         self.teacher.eval()  # the teacher's BatchNorm statistics never change
         return self

@@ -2,11 +2,15 @@
 
 The engine sums the loss dict and steps the optimizer over ``trainable_parameters()``; ``forward(image)`` is
 always the pure student (evaluation). A frozen teacher stays in eval mode whatever ``train()`` is called with.
+
+``METHODS`` is the one registry of methods: name -> class, each class stating what it needs (a teacher, the
+swap schedule), whether its loss has a KD term, and its default loss weights. Config validation, the search
+space, the search's tags and the engine all ask it instead of restating these facts.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,22 +21,29 @@ from iakd.losses import kd_loss
 from iakd.models import ZooModel
 from iakd.units import Granularity
 
-__all__ = ["METHODS", "Method", "CE", "KD", "IAKD", "build"]
-
-METHODS: tuple[str, ...] = ("ce", "kd", "iakd", "iakd+kd")
+__all__ = ["METHODS", "Method", "CE", "KD", "IAKD", "IAKDKD", "build", "kd_methods"]
 
 
 class Method(nn.Module):
-    """A student, an optional frozen teacher, and the losses that train the student."""
+    """A student, an optional frozen teacher, and the losses that train the student.
 
+    Class attributes state what a method is: ``uses_teacher``, ``uses_swap`` (trains inside the hybrid, reads
+    the swap schedule), ``has_kd_term`` (adds ``kd_weight * T^2 KL(teacher || logits)``), and the default
+    ``ce_weight`` / ``kd_weight`` an unset config value takes.
+    """
+
+    uses_teacher = False
     uses_swap = False
+    has_kd_term = False
+    default_ce_weight = 1.0
+    default_kd_weight = 0.0
 
     def __init__(self, student: ZooModel, teacher: ZooModel | None = None):
         super().__init__()
         self.student = student
         self.teacher = None if teacher is None else teacher.requires_grad_(False).eval()
 
-    def train(self, mode: bool = True) -> "Method":
+    def train(self, mode: bool = True) -> Method:
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()
@@ -68,6 +79,9 @@ class Method(nn.Module):
 class CE(Method):
     """The student alone, on cross-entropy."""
 
+    def __init__(self, student: ZooModel, teacher: ZooModel | None = None, **_: object):
+        super().__init__(student, None)  # no teacher: the baseline never pays for one
+
     def forward_train(self, image, target):
         logits = self.student(image)
         return logits, {"loss_ce": F.cross_entropy(logits, target)}
@@ -76,7 +90,13 @@ class CE(Method):
 class KD(Method):
     """Hinton KD: ce_weight * CE + kd_weight * T^2 KL(teacher || student); the teacher runs without a graph."""
 
-    def __init__(self, student: ZooModel, teacher: ZooModel, *, ce_weight: float = 0.1, kd_weight: float = 0.9, temperature: float = 4.0):
+    uses_teacher = True
+    has_kd_term = True
+    default_ce_weight = 0.1  # RepDistiller / mdistiller
+    default_kd_weight = 0.9
+
+    def __init__(self, student: ZooModel, teacher: ZooModel, *, ce_weight: float = 0.1, kd_weight: float = 0.9,
+                 temperature: float = 4.0, **_: object):
         super().__init__(student, teacher)
         self.ce_weight, self.kd_weight, self.temperature = ce_weight, kd_weight, temperature
 
@@ -99,6 +119,7 @@ class IAKD(Method):
     inside the hybrid.
     """
 
+    uses_teacher = True
     uses_swap = True
 
     def __init__(
@@ -110,14 +131,14 @@ class IAKD(Method):
         ce_weight: float = 1.0,
         kd_weight: float = 0.0,
         temperature: float = 4.0,
-        seed: int = 0,
+        swap_seed: int = 0,
         input_size: int | None = None,
         pair: str = "teacher -> student",
     ):
         super().__init__(student, teacher)
         self.hybrid = HybridNet(student, teacher, granularity, input_size=input_size, pair=pair)
         self.ce_weight, self.kd_weight, self.temperature = ce_weight, kd_weight, temperature
-        self.swap_generator = torch.Generator().manual_seed(seed)
+        self.swap_generator = torch.Generator().manual_seed(swap_seed)
         self.swap_prob: float | Sequence[float] = 0.0
         self.last_swap: tuple[bool, ...] = (False,) * self.hybrid.num_units
 
@@ -139,6 +160,21 @@ class IAKD(Method):
         return self.hybrid.trainable_parameters()
 
 
+class IAKDKD(IAKD):
+    """IAKD plus Hinton's KD term on the hybrid's logits (IAKD+KD)."""
+
+    has_kd_term = True
+    default_kd_weight = 0.9
+
+
+METHODS: dict[str, type[Method]] = {"ce": CE, "kd": KD, "iakd": IAKD, "iakd+kd": IAKDKD}
+
+
+def kd_methods() -> frozenset[str]:
+    """The names of the methods whose loss has a KD term (the ones that read ``method.kd_weight``)."""
+    return frozenset(name for name, cls in METHODS.items() if cls.has_kd_term)
+
+
 def build(
     name: str,
     student: ZooModel,
@@ -148,21 +184,24 @@ def build(
     ce_weight: float | None = None,
     kd_weight: float | None = None,
     temperature: float = 4.0,
-    seed: int = 0,
+    swap_seed: int = 0,
     input_size: int | None = None,
     pair: str = "teacher -> student",
 ) -> Method:
-    """Build a method by name; unset weights take each method's standard values (kd: 0.1 / 0.9, iakd+kd: 1 / 0.9)."""
+    """Build a method by name; unset weights take the method's defaults (kd: 0.1 / 0.9, iakd+kd: 1 / 0.9).
+
+    A method without a KD term refuses a positive ``kd_weight``, and one with a KD term refuses 0: the name
+    always says what is trained.
+    """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
-    if name != "ce" and teacher is None:
+    cls = METHODS[name]
+    if cls.uses_teacher and teacher is None:
         raise ValueError(f"method {name!r} needs a teacher")
-    if name == "ce":
-        return CE(student)
-    if name == "kd":
-        return KD(student, teacher, ce_weight=0.1 if ce_weight is None else ce_weight,
-                  kd_weight=0.9 if kd_weight is None else kd_weight, temperature=temperature)
-    default_kd = 0.9 if name == "iakd+kd" else 0.0
-    return IAKD(student, teacher, granularity=granularity, ce_weight=1.0 if ce_weight is None else ce_weight,
-                kd_weight=default_kd if kd_weight is None else kd_weight, temperature=temperature, seed=seed,
-                input_size=input_size, pair=pair)
+    kd_weight = cls.default_kd_weight if kd_weight is None else kd_weight
+    if (kd_weight > 0) != cls.has_kd_term:
+        raise ValueError(f"method {name!r} with kd_weight {kd_weight}: "
+                         + ("it has no KD term" if not cls.has_kd_term else "its KD term needs kd_weight > 0"))
+    return cls(student, teacher if cls.uses_teacher else None, granularity=granularity,
+               ce_weight=cls.default_ce_weight if ce_weight is None else ce_weight, kd_weight=kd_weight,
+               temperature=temperature, swap_seed=swap_seed, input_size=input_size, pair=pair)

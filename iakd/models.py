@@ -13,7 +13,8 @@ of stages, each a list of blocks that are called in order) and ``forward_head``;
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,7 @@ from torch import nn
 
 from iakd.errors import ConfigError
 
-__all__ = ["ARCHS", "ZooModel", "build"]
+__all__ = ["ARCHS", "ZooModel", "build", "blocks_per_stage"]
 
 
 class ZooModel(nn.Module):
@@ -145,7 +146,8 @@ class WideResNet(ZooModel):
         widths = [16, 16 * widen, 32 * widen, 64 * widen]
         self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
         for i, stride in enumerate((1, 2, 2), start=1):
-            blocks = [PreActBlock(widths[i - 1] if j == 0 else widths[i], widths[i], stride if j == 0 else 1) for j in range(n)]
+            blocks = [PreActBlock(widths[i - 1] if j == 0 else widths[i], widths[i], stride if j == 0 else 1)
+                      for j in range(n)]
             setattr(self, f"block{i}", _WideStage(blocks))
         self.bn1 = nn.BatchNorm2d(widths[3])
         self.fc = nn.Linear(widths[3], num_classes)
@@ -270,3 +272,9 @@ def build(arch: str, num_classes: int) -> ZooModel:
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
     return _BUILDERS[arch](num_classes)
+
+
+@functools.cache
+def blocks_per_stage(arch: str) -> tuple[int, ...]:
+    """The number of blocks in each stage of ``arch`` (what granularities are checked against)."""
+    return tuple(len(stage) for stage in build(arch, 10).stages())

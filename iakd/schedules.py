@@ -16,8 +16,9 @@ A depth ``profile`` scales p per unit: ``uniform`` (all p), ``shallow-first`` (u
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from iakd.errors import ConfigError
 
@@ -71,11 +72,6 @@ class SwapSchedule:
             return [p * (i + 1) / n for i in range(n)]
         return [p] * n
 
-    def to_spec(self) -> dict[str, Any]:
-        """The spec that `build` turns back into this schedule (only the keys the family uses)."""
-        spec = {k: v for k, v in asdict(self).items() if k in (*_REQUIRED, "profile") or k in FAMILIES[self.family]}
-        return spec
-
 
 def _number(spec: Mapping[str, Any], key: str, prefix: str) -> float:
     value = spec[key]
@@ -100,7 +96,8 @@ def build(spec: Mapping[str, Any], *, prefix: str = "schedule") -> SwapSchedule:
     allowed = {*_REQUIRED, "profile", *FAMILIES[family]}
     for key in spec:
         if key not in allowed:
-            raise ConfigError(f"{prefix}.{key}: not a key of the {family!r} family; allowed: {', '.join(sorted(allowed))}")
+            raise ConfigError(
+                f"{prefix}.{key}: not a key of the {family!r} family; allowed: {', '.join(sorted(allowed))}")
     p0 = _number(spec, "p0", prefix)
     if not 0.0 <= p0 <= 1.0:
         raise ConfigError(f"{prefix}.p0: {p0} is outside [0, 1]")

@@ -46,7 +46,11 @@ __all__ = [
     "TrialRun",
     "absolute_uri",
     "child_runs",
+    "close_run",
     "connect",
+    "delete_children",
+    "find_child",
+    "find_run",
     "finish_parent_run",
     "flatten",
     "start_parent_run",
@@ -60,6 +64,10 @@ _ELLIPSIS = "..."
 
 # Statuses a run can still leave; anything else (FINISHED, FAILED, KILLED) is final.
 _OPEN_STATUSES = frozenset({"RUNNING", "SCHEDULED"})
+
+# The MLflow UI (3.x) opens an experiment without this tag as a GenAI one (a traces page); ours are training runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 # Runs per search_runs page (MLflow's own default); a module constant so tests can page with few runs.
 _PAGE_SIZE = 1000
@@ -203,7 +211,8 @@ def connect(tracking_uri: str, experiment: str) -> str:
         if found is None:
             try:
                 location = _artifact_location(tracking_uri, experiment)
-                return client.create_experiment(experiment, artifact_location=location)
+                return client.create_experiment(experiment, artifact_location=location,
+                                                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
             except MlflowException as error:
                 if error.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
@@ -212,6 +221,8 @@ def connect(tracking_uri: str, experiment: str) -> str:
                 raise MlflowException(f"experiment {experiment!r} vanished while being created")
         if found.lifecycle_stage == "deleted":
             client.restore_experiment(found.experiment_id)
+        if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return found.experiment_id
 
 
@@ -300,7 +311,15 @@ def find_run(tracking_uri: str, experiment: str, tags: Mapping[str, str]) -> str
     return runs[0].info.run_id if runs else None
 
 
-def close_run(tracking_uri: str, run_id: str, *, status: str = "FINISHED", tags: Mapping[str, Any] | None = None) -> bool:
+def find_child(tracking_uri: str, parent_run_id: str, tags: Mapping[str, str]) -> str | None:
+    """The id of the newest live child of ``parent_run_id`` carrying all ``tags`` (e.g. a trial's id), or None."""
+    matching = [r for r in child_runs(tracking_uri, parent_run_id)
+                if all(r.data.tags.get(k) == v for k, v in tags.items())]
+    return max(matching, key=lambda r: r.info.start_time).info.run_id if matching else None
+
+
+def close_run(tracking_uri: str, run_id: str, *, status: str = "FINISHED",
+              tags: Mapping[str, Any] | None = None) -> bool:
     """Terminate ``run_id`` with ``status`` if it is still open (with ``tags`` first); True if it was open."""
     client = _client(tracking_uri)
     if client.get_run(run_id).info.status not in _OPEN_STATUSES:
@@ -317,7 +336,8 @@ def delete_children(tracking_uri: str, parent_run_id: str, tags: Mapping[str, st
     trial never has two runs.
     """
     client = _client(tracking_uri)
-    stale = [r for r in child_runs(tracking_uri, parent_run_id) if all(r.data.tags.get(k) == v for k, v in tags.items())]
+    stale = [r for r in child_runs(tracking_uri, parent_run_id)
+             if all(r.data.tags.get(k) == v for k, v in tags.items())]
     for run in stale:
         client.delete_run(run.info.run_id)
     return len(stale)
@@ -327,7 +347,7 @@ def delete_children(tracking_uri: str, parent_run_id: str, tags: Mapping[str, st
 
 
 class TrialRun:
-    """One child run per trial: created once, continued after a restart (its id lives in the checkpoint).
+    """One child run per trial: created once, continued after a restart (found again by the trial's tags).
 
     Metrics: only values that convert to one float are logged (bools as 0/1; strings, dicts and ``None``
     are skipped). NaN and inf are logged as they are: a diverged trial is a result worth seeing. MLflow
@@ -363,7 +383,7 @@ class TrialRun:
 
     @property
     def run_id(self) -> str:
-        """The MLflow run id; store it in the trial checkpoint to continue this run after a restart."""
+        """The MLflow run id."""
         return self._run_id
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int, *, final: Mapping[str, Any] | None = None) -> None:
@@ -375,10 +395,6 @@ class TrialRun:
         """The highest step logged for metric ``key`` in this run, or 0 if none."""
         history = self._client.get_metric_history(self._run_id, key)
         return max((m.step for m in history), default=0)
-
-    def log_final(self, metrics: Mapping[str, float]) -> None:
-        """Log summary metrics at step 0; use names apart from the per-step ones (e.g. ``best_val_acc``)."""
-        self._client.log_batch(self._run_id, metrics=_metrics(metrics, step=0))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Copy a local file or folder into the run's artifacts, under ``artifact_path`` if given."""

@@ -8,8 +8,8 @@ stage boundaries, and must meet the same spatial size there; widths may differ (
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 from torch import nn
@@ -17,9 +17,9 @@ from torch import nn
 from iakd.errors import ConfigError
 from iakd.models import ZooModel
 
-Granularity = Union[str, int]
+Granularity = str | int
 
-__all__ = ["Granularity", "Unit", "partition", "valid_granularities", "parse_granularity"]
+__all__ = ["Granularity", "Unit", "canonical_granularity", "parse_granularity", "partition", "valid_granularities"]
 
 
 @dataclass(frozen=True)
@@ -76,17 +76,35 @@ def block_shapes(model: ZooModel, input_size: int | None = None) -> list[list[tu
     return shapes
 
 
-def _runs_per_stage(student_blocks: list[int], teacher_blocks: list[int], granularity: Granularity, pair: str) -> list[int]:
+def _runs_per_stage(student_blocks: Sequence[int], teacher_blocks: Sequence[int], granularity: Granularity,
+                    pair: str) -> list[int]:
+    """How many units each stage is cut into; a ConfigError if a stage of either network has too few blocks."""
     runs = []
     for s, (n_s, n_t) in enumerate(zip(student_blocks, teacher_blocks)):
         k = {"stage": 1, "block": n_s}.get(granularity, granularity)
         if k > n_s or k > n_t:
             raise ConfigError(
-                f"granularity {granularity!r} impossible for {pair}: stage {s} has {n_s} student and "
+                f"granularity: {granularity!r} is impossible for {pair}: stage {s} has {n_s} student and "
                 f"{n_t} teacher blocks, fewer than the {k} units asked for"
             )
         runs.append(k)
     return runs
+
+
+def canonical_granularity(student_blocks: Sequence[int], teacher_blocks: Sequence[int], granularity: Granularity,
+                          pair: str = "student/teacher") -> Granularity:
+    """The one name of the partition ``granularity`` makes of this pair: ``"stage"`` where it cuts one unit per
+    stage (k = 1, or ``block`` on single-block stages), ``"block"`` where it cuts every student block apart (k
+    equal to the student's blocks in every stage), else the integer k. Two granularities with the same
+    canonical name train exactly the same hybrid, so searches and MLflow tags use this name only.
+    """
+    granularity = parse_granularity(granularity)
+    runs = _runs_per_stage(student_blocks, teacher_blocks, granularity, pair)
+    if all(k == 1 for k in runs):
+        return "stage"
+    if list(runs) == list(student_blocks):
+        return "block"
+    return granularity
 
 
 def partition(
@@ -98,18 +116,21 @@ def partition(
     pair: str = "student/teacher",
 ) -> tuple[list[Unit], list[Unit]]:
     """Cut student and teacher into aligned units; raise ConfigError naming pair, stage and numbers if impossible."""
-    return _partition(student.stages(), teacher.stages(), *_probe(student, teacher, input_size, pair), granularity, pair)
+    shapes = _probe(student, teacher, input_size, pair)
+    return _partition(student.stages(), teacher.stages(), *shapes, granularity, pair)
 
 
 def _probe(student: ZooModel, teacher: ZooModel, input_size: int | None, pair: str) -> tuple[list, list]:
     if len(student.stages()) != len(teacher.stages()):
         raise ConfigError(
-            f"{pair}: the student has {len(student.stages())} stages and the teacher {len(teacher.stages())}; they must match"
+            f"{pair}: the student has {len(student.stages())} stages and the teacher {len(teacher.stages())}; "
+            "they must match"
         )
     return block_shapes(student, input_size), block_shapes(teacher, input_size)
 
 
-def _partition(s_stages: list, t_stages: list, s_shapes: list, t_shapes: list, granularity: Granularity, pair: str) -> tuple[list[Unit], list[Unit]]:
+def _partition(s_stages: list, t_stages: list, s_shapes: list, t_shapes: list, granularity: Granularity,
+               pair: str) -> tuple[list[Unit], list[Unit]]:
     granularity = parse_granularity(granularity)
     runs = _runs_per_stage([len(st) for st in s_stages], [len(st) for st in t_stages], granularity, pair)
     s_units: list[Unit] = []
@@ -132,17 +153,19 @@ def _partition(s_stages: list, t_stages: list, s_shapes: list, t_shapes: list, g
 def valid_granularities(
     student: ZooModel, teacher: ZooModel, *, input_size: int | None = None, pair: str = "student/teacher"
 ) -> list[Granularity]:
-    """Every granularity that `partition` accepts for this pair: "stage", each integer k >= 2, "block"."""
+    """Every distinct partition that `partition` accepts for this pair, once each, by its canonical name:
+    ``"stage"``, then each integer k that is neither, then ``"block"``."""
     s_stages, t_stages = student.stages(), teacher.stages()
     shapes = _probe(student, teacher, input_size, pair)
-    candidates: list[Granularity] = ["stage"]
-    candidates += list(range(2, max(len(st) for st in student.stages()) + 1))
-    candidates.append("block")
-    valid = []
+    s_blocks, t_blocks = [len(st) for st in s_stages], [len(st) for st in t_stages]
+    candidates: list[Granularity] = ["stage", "block", *range(2, max(s_blocks) + 1)]
+    valid: list[Granularity] = []
     for g in candidates:
         try:
             _partition(s_stages, t_stages, *shapes, g, pair)
         except ConfigError:
             continue
-        valid.append(g)
-    return valid
+        name = canonical_granularity(s_blocks, t_blocks, g, pair)
+        if name not in valid:
+            valid.append(name)
+    return sorted(valid, key=lambda g: {"stage": (0, 0), "block": (2, 0)}.get(g, (1, g)))  # type: ignore[arg-type]

@@ -13,16 +13,56 @@ def test_defaults_build_a_valid_config():
 
 def test_yaml_plus_overrides(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("student: {arch: resnet20}\nschedule: {family: cosine, p0: 0.4, t_end: 0.9}\n")
-    cfg = load_config(path, ["schedule.p0=0.3", "method.granularity=3", "optim.nesterov=true", "teacher.checkpoint=t.pth"])
-    assert cfg.student.arch == "resnet20"
+    path.write_text("student: {arch: resnet32}\nschedule: {family: cosine, p0: 0.4, t_end: 0.9}\n")
+    overrides = ["schedule.p0=0.3", "method.granularity=3", "optim.nesterov=true", "teacher.checkpoint=t.pth",
+                 "teacher.arch=resnet110"]
+    cfg = load_config(path, overrides)
+    assert cfg.student.arch == "resnet32"
     assert cfg.schedule == {"family": "cosine", "p0": 0.3, "t_end": 0.9}
     assert cfg.method.granularity == 3 and cfg.optim.nesterov is True and cfg.teacher.checkpoint == "t.pth"
 
 
+PAIR = ["teacher.arch=resnet110", "student.arch=resnet32"]  # 18 and 5 blocks per stage
+
+
 def test_granularity_strings_become_ints():
-    assert load_config(overrides=["method.granularity='2'"]).method.granularity == 2
-    assert load_config(overrides=["method.granularity=block"]).method.granularity == "block"
+    assert load_config(overrides=[*PAIR, "method.granularity='2'"]).method.granularity == 2
+    assert load_config(overrides=[*PAIR, "method.granularity=block"]).method.granularity == "block"
+
+
+@pytest.mark.parametrize("given, canonical", [(1, "stage"), (5, "block"), ("'5'", "block"), (4, 4)])
+def test_a_granularity_takes_the_one_name_of_the_partition_it_makes(given, canonical):
+    assert load_config(overrides=[*PAIR, f"method.granularity={given}"]).method.granularity == canonical
+
+
+def test_baselines_keep_the_granularity_they_are_given():
+    # ce and kd never cut the networks: the value is kept as written, whatever the pair
+    assert load_config(overrides=["method.name=kd", "method.granularity=7"]).method.granularity == 7
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["method.name=iakd", "method.kd_weight=0.5"],
+     "method.kd_weight: 0.5 is not allowed; method.name=iakd has no KD term; use method.name=iakd+kd to add one, "
+     "or leave method.kd_weight unset"),
+    (["method.name=ce", "method.kd_weight=0.5"],
+     "method.kd_weight: 0.5 is not allowed; method.name=ce has no KD term; use method.name=kd to add one, "
+     "or leave method.kd_weight unset"),
+    (["method.name=iakd+kd", "method.kd_weight=0"],
+     "method.kd_weight: 0.0 is not allowed; method.name=iakd+kd has a KD term and needs kd_weight > 0 (or null for "
+     "its default); without one, use method.name=iakd (or ce)"),
+])
+def test_a_kd_weight_that_contradicts_the_method_name_is_refused_naming_both_keys(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=overrides)
+    assert str(info.value) == message
+
+
+def test_impossible_granularity_and_stage_mismatch_fail_at_the_door():
+    with pytest.raises(ConfigError, match=r"^method\.granularity: 6 is impossible for resnet110 -> resnet32: stage 0 "
+                                          r"has 5 student and 18 teacher blocks"):
+        load_config(overrides=[*PAIR, "method.granularity=6"])
+    with pytest.raises(ConfigError, match=r"^student\.arch: 'vgg8' has 5 stages and teacher\.arch 'resnet20' 3"):
+        load_config(overrides=["student.arch=vgg8"])
 
 
 @pytest.mark.parametrize(
@@ -33,8 +73,8 @@ def test_granularity_strings_become_ints():
         ("optim.epochs=ten", r"optim\.epochs: 'ten' is not int"),
         ("optim.epochs=0", r"optim\.epochs: 0 is not allowed; must be > 0"),
         ("student.arch=resnet9", r"student\.arch: 'resnet9' is not allowed; known architectures: resnet8"),
-        ("method.name=fitnet", r"method\.name: 'fitnet' is not one of 'ce', 'kd', 'iakd', 'iakd\+kd'"),
-        ("method.granularity=layer", r"method\.granularity: 'layer' is not one of 'stage', 'block'"),
+        ("method.name=fitnet", r"method\.name: 'fitnet' is not allowed; known: ce, kd, iakd, iakd\+kd$"),
+        ("method.granularity=layer", r"^method\.granularity: 'layer' is not one of 'stage', 'block'"),
         ("schedule.p0=1.5", r"schedule\.p0: 1\.5 is outside \[0, 1\]"),
         ("data.val_fraction=1.0", r"data\.val_fraction: 1\.0 is not allowed; must be in \[0, 1\)"),
         ("device=tpu", r"device: 'tpu' is not one of 'auto', 'cpu', 'cuda'"),

@@ -14,9 +14,9 @@ import torchvision
 from PIL import Image
 
 from iakd.data import (
-    DATASETS,
     CIFAR10_NORMALIZATION,
     CIFAR100_NORMALIZATION,
+    DATASETS,
     IMAGENET_NORMALIZATION,
     FolderSplit,
     Normalization,
@@ -135,7 +135,7 @@ def test_zero_val_fraction_gives_an_empty_working_val_split(tmp_path: Path) -> N
 
 
 def test_missing_cifar_folder_raises_data_error_naming_the_folder(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="download") as error:
+    with pytest.raises(DataError, match=r"download it with data\.download=true") as error:
         load_dataset("cifar100", tmp_path)
     assert str(tmp_path / "cifar-100-python") in str(error.value)
     assert "\n" not in str(error.value)
@@ -219,7 +219,7 @@ def test_download_fetches_a_missing_folder_through_torchvision(tmp_path: Path, m
 
 
 def test_unknown_dataset_name_raises_config_error_listing_known_names() -> None:
-    with pytest.raises(ConfigError, match="mnist") as error:
+    with pytest.raises(ConfigError, match=r"^data\.name: unknown dataset 'mnist'") as error:
         load_dataset("mnist")
     assert all(name in str(error.value) for name in DATASETS)
 
@@ -270,10 +270,21 @@ def test_batches_without_shuffle_cover_the_split_once_in_order() -> None:
     assert torch.allclose(images, (split.images.float() / 255 - 0.5) / 0.25)
 
 
-def test_drop_last_skips_the_partial_batch() -> None:
-    batches = list(_split(10).batches(4, shuffle=False, augment=False, drop_last=True))
-    assert [y.tolist() for _, y in batches] == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    assert list(_split(3).batches(4, shuffle=False, augment=False, drop_last=True)) == []
+def test_order_and_augmentation_draw_from_their_own_generators() -> None:
+    """The shuffle order does not depend on how many draws augmentation made, and vice versa."""
+    split = _split(20)
+
+    def run(order_seed, augment_seed, augment):
+        batches = split.batches(8, shuffle=True, augment=augment, generator=torch.Generator().manual_seed(order_seed),
+                                augment_generator=torch.Generator().manual_seed(augment_seed))
+        return [(x, y) for x, y in batches]
+
+    plain, augmented = run(1, 2, False), run(1, 2, True)
+    assert [y.tolist() for _, y in plain] == [y.tolist() for _, y in augmented]  # same order, with or without crops
+    other_order = run(3, 2, True)
+    assert [y.tolist() for _, y in other_order] != [y.tolist() for _, y in augmented]
+    again = run(1, 2, True)
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(again, augmented))
 
 
 def test_shuffled_batches_are_a_permutation_reproducible_from_the_generator() -> None:
@@ -401,7 +412,7 @@ def test_imagefolder_missing_folder_raises_data_error_naming_it(tmp_path: Path, 
 
 
 def test_val_fraction_outside_zero_to_one_raises_config_error() -> None:
-    with pytest.raises(ConfigError, match="val_fraction"):
+    with pytest.raises(ConfigError, match=r"^data\.val_fraction must be in \[0, 1\), got 1\.0"):
         load_dataset("digits", val_fraction=1.0)
 
 

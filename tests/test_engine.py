@@ -6,9 +6,12 @@ import sys
 import pytest
 import torch
 
+from iakd import models
 from iakd.config import load_config
-from iakd.engine import TIMING_KEYS, checkpoint_extra, prepare_teacher, train
+from iakd.data import load_dataset
+from iakd.engine import build_method, build_student, prepare_teacher, teacher_warning, train
 from iakd.errors import ConfigError
+from iakd.teachers import save_teacher
 
 # 8x8 digits keep every run here to a few seconds on two cores.
 FAST = ["data.image_size=8", "optim.batch_size=32", "optim.lr=0.1", "optim.lr_schedule=cosine"]
@@ -27,7 +30,8 @@ def teacher_cache(tmp_path_factory):
 
 
 def student_config(tmp_path, teacher_cache, *extra):
-    return load_config(overrides=FAST + ["teacher.arch=resnet14", "teacher.epochs=6", f"teacher.cache_dir={teacher_cache}",
+    return load_config(overrides=FAST + ["teacher.arch=resnet14", "teacher.epochs=6",
+                                         f"teacher.cache_dir={teacher_cache}",
                                          "student.arch=resnet8", "optim.epochs=5", f"out_dir={tmp_path}", *extra])
 
 
@@ -53,11 +57,16 @@ def test_short_digits_run_of_each_method_is_well_above_chance(method, tmp_path, 
 
 def test_epoch_metrics_hold_every_documented_key(tmp_path, teacher_cache):
     seen = []
-    train(student_config(tmp_path, teacher_cache, "optim.epochs=2", "method.name=iakd+kd",
-                         "schedule={family: constant, p0: 1.0, t_end: 1.0}"), [lambda m, c: seen.append((m, c))], log=quiet)
+    cfg = student_config(tmp_path, teacher_cache, "optim.epochs=2", "method.name=iakd+kd",
+                         "schedule={family: constant, p0: 1.0, t_end: 1.0}")
+    train(cfg, [lambda m, c: seen.append((m, c))], log=quiet)
     metrics, checkpoint = seen[-1]
     assert set(metrics) == {"epoch", "train_loss", "loss_ce", "loss_kd", "train_acc", "val_acc", "test_acc", "lr",
-                            "swap_prob", "swap_rate", "epoch_seconds", "images_per_second"}
+                            "swap_prob", "swap_rate", "epoch_seconds", "images_per_second", "images_seen",
+                            "train_seconds"}
+    n = len(load_dataset("digits", image_size=8).train)
+    assert [m["images_seen"] for m, _ in seen] == [n, 2 * n]
+    assert seen[1][0]["train_seconds"] == pytest.approx(seen[0][0]["epoch_seconds"] + metrics["epoch_seconds"])
     assert [m["epoch"] for m, _ in seen] == [1, 2]
     assert metrics["swap_prob"] == 1.0 and metrics["swap_rate"] == 1.0  # p = 1: every unit swapped every step
     assert metrics["train_loss"] == pytest.approx(metrics["loss_ce"] + metrics["loss_kd"], rel=1e-6)
@@ -67,23 +76,28 @@ def test_epoch_metrics_hold_every_documented_key(tmp_path, teacher_cache):
 
 
 def test_swap_rate_follows_the_schedule(tmp_path, teacher_cache):
-    result = train(student_config(tmp_path, teacher_cache, "optim.epochs=4", "schedule={family: linear, p0: 0.8, t_end: 0.5}"), log=quiet)
+    cfg = student_config(tmp_path, teacher_cache, "optim.epochs=4", "schedule={family: linear, p0: 0.8, t_end: 0.5}")
+    result = train(cfg, log=quiet)
     rates = [h["swap_rate"] for h in result["history"]]
     probs = [h["swap_prob"] for h in result["history"]]
     assert probs[0] == pytest.approx(0.6, abs=0.05) and probs[2] == probs[3] == 0.0
     assert rates[0] > rates[1] > 0 and rates[2] == rates[3] == 0.0
 
 
+# Metrics that measure the machine, not the run: they differ between otherwise identical runs.
+TIMING = ("epoch_seconds", "images_per_second", "train_seconds")
+
+
 def _without_timing(history):
-    return [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in history]
+    return [{k: v for k, v in h.items() if k not in TIMING} for h in history]
 
 
 @pytest.mark.parametrize("method", ["iakd+kd", "kd"])
 def test_resume_from_epoch_k_equals_an_uninterrupted_run(method, tmp_path, teacher_cache):
-    straight = train(student_config(tmp_path / "straight", teacher_cache, "optim.epochs=4", f"method.name={method}"), log=quiet)
+    straight_cfg = student_config(tmp_path / "straight", teacher_cache, "optim.epochs=4", f"method.name={method}")
+    straight = train(straight_cfg, log=quiet)
     first = student_config(tmp_path / "split", teacher_cache, "optim.epochs=4", f"method.name={method}")
-    train(first, [lambda m, c: m["epoch"] == 2], extra={"mlflow_run_id": "abc"}, log=quiet)
-    assert checkpoint_extra(tmp_path / "split" / "checkpoint.pt") == {"mlflow_run_id": "abc"}
+    train(first, [lambda m, c: m["epoch"] == 2], log=quiet)
     resumed = train(first, resume_from=tmp_path / "split" / "checkpoint.pt", log=quiet)
     assert _without_timing(resumed["history"]) == _without_timing(straight["history"])
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
@@ -91,7 +105,63 @@ def test_resume_from_epoch_k_equals_an_uninterrupted_run(method, tmp_path, teach
     assert a["trainable"].keys() == b["trainable"].keys()
     for key in a["trainable"]:
         assert torch.equal(a["trainable"][key], b["trainable"][key]), key
-    assert b["extra"] == {"mlflow_run_id": "abc"} and b["step"] == a["step"]
+    assert b["step"] == a["step"]
+
+
+def _initial_student(name, seed, teacher):
+    cfg = load_config(overrides=[f"method.name={name}", "teacher.arch=resnet14", "student.arch=resnet8",
+                                 f"seed={seed}"])
+    torch.manual_seed(len(name))  # whatever ran before (a teacher built, trained or loaded) must not matter
+    student = build_student(cfg.student.arch, 10, cfg.seed)
+    return build_method(cfg, student, teacher if name != "ce" else None, 8).student.state_dict()
+
+
+def test_the_initial_student_is_a_function_of_the_seed_alone_whatever_the_method():
+    teacher = models.build("resnet14", 10)
+    states = {name: _initial_student(name, 3, teacher) for name in ("ce", "kd", "iakd", "iakd+kd")}
+    for name, state in states.items():
+        assert all(torch.equal(state[k], states["ce"][k]) for k in state), name
+    other_seed = _initial_student("ce", 4, teacher)
+    assert not torch.equal(other_seed["conv1.weight"], states["ce"]["conv1.weight"])
+
+
+def test_connectors_are_a_function_of_the_seed_alone():
+    def connectors(name):
+        cfg = load_config(overrides=[f"method.name={name}", "teacher.arch=wrn_16_2", "student.arch=wrn_16_1"])
+        torch.manual_seed(len(name))
+        method = build_method(cfg, build_student("wrn_16_1", 10, 0), models.build("wrn_16_2", 10), 32)
+        return {k: v for k, v in method.trainable_state_dict().items() if k.startswith("hybrid.to_")}
+
+    plain, with_kd = connectors("iakd"), connectors("iakd+kd")
+    assert plain and plain.keys() == with_kd.keys()
+    assert all(torch.equal(plain[k], with_kd[k]) for k in plain)
+
+
+def test_a_run_that_trains_its_teacher_first_equals_one_that_reads_it_from_the_cache(tmp_path):
+    def run(out):
+        cfg = load_config(overrides=FAST + ["teacher.arch=resnet8", "teacher.epochs=1",
+                                            f"teacher.cache_dir={tmp_path}/t", "student.arch=resnet8",
+                                            "optim.epochs=2", "method.name=iakd", "schedule.p0=0.5",
+                                            f"out_dir={tmp_path}/{out}"])
+        return train(cfg, log=quiet)["history"]
+
+    first = run("first")  # trains the teacher, then the student
+    assert len(list((tmp_path / "t").glob("*.pth"))) == 1
+    assert _without_timing(run("second")) == _without_timing(first)  # reads the cached teacher
+
+
+def test_a_teacher_near_chance_is_warned_about_before_training(tmp_path):
+    assert teacher_warning(12.0, 10) is not None and teacher_warning(16.0, 10) is None
+    assert teacher_warning(5.9, 100) is not None and teacher_warning(6.1, 100) is None
+    untrained = save_teacher(tmp_path / "untrained.pth", models.build("resnet8", 10), arch="resnet8", dataset="digits",
+                             num_classes=10, accuracy=None)
+    cfg = load_config(overrides=FAST + ["teacher.arch=resnet8", f"teacher.checkpoint={untrained}", "method.name=kd",
+                                        "optim.epochs=1", f"out_dir={tmp_path}/out"])
+    lines = []
+    result = train(cfg, [lambda m, c: lines.append("epoch")], log=lines.append)
+    assert result["teacher_test_acc"] < 15 and result["teacher_warning"] is not None
+    warning = next(i for i, line in enumerate(lines) if line.startswith("warning: the teacher's test accuracy"))
+    assert warning < lines.index("epoch") and "of chance (10.0%)" in lines[warning]
 
 
 def test_callback_stop_ends_the_run_with_stopped_status(tmp_path, teacher_cache):
@@ -119,13 +189,15 @@ def test_corrupt_or_foreign_checkpoint_fails_naming_the_file(tmp_path, teacher_c
 
 
 def test_missing_teacher_checkpoint_is_named(tmp_path):
-    cfg = load_config(overrides=FAST + [f"teacher.checkpoint={tmp_path}/nope.pth", "method.name=kd", f"out_dir={tmp_path}"])
+    cfg = load_config(overrides=FAST + [f"teacher.checkpoint={tmp_path}/nope.pth", "method.name=kd",
+                                        f"out_dir={tmp_path}"])
     with pytest.raises(ConfigError, match=r"teacher\.checkpoint: .*nope\.pth not found"):
         train(cfg, log=quiet)
 
 
 def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "iakd.train", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "iakd.train", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
 
 
 def test_command_line_prints_progress_and_writes_outputs(tmp_path, teacher_cache):

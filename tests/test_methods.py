@@ -1,5 +1,8 @@
+import re
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from iakd import methods, models
 from iakd.losses import kd_loss
@@ -18,7 +21,8 @@ def test_kd_loss_is_zero_for_equal_logits_and_matches_kl_by_hand():
     assert kd_loss(a, b, 4.0).item() == pytest.approx(by_hand.item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("name, keys", [("ce", {"loss_ce"}), ("kd", {"loss_ce", "loss_kd"}), ("iakd", {"loss_ce"}), ("iakd+kd", {"loss_ce", "loss_kd"})])
+@pytest.mark.parametrize("name, keys", [("ce", {"loss_ce"}), ("kd", {"loss_ce", "loss_kd"}), ("iakd", {"loss_ce"}),
+                                        ("iakd+kd", {"loss_ce", "loss_kd"})])
 def test_forward_train_returns_logits_and_named_losses(name, keys):
     method = build(name).train()
     logits, losses = method.forward_train(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))
@@ -26,7 +30,45 @@ def test_forward_train_returns_logits_and_named_losses(name, keys):
     assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
 
 
-def test_kd_uses_hinton_weights_and_builds_no_graph_through_the_teacher():
+def _saved_tensors(fn) -> int:
+    """How many tensors autograd saves for backward while ``fn`` runs."""
+    count = 0
+
+    def pack(tensor):
+        nonlocal count
+        count += 1
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return count
+
+
+@pytest.mark.parametrize("name", ["kd", "iakd+kd"])
+def test_the_kd_term_keeps_no_graph_through_the_teacher(name):
+    """The graph of forward_train is exactly the student's (or hybrid's) forward plus the two loss terms."""
+    method = build(name).train()
+    # Frozen weights alone would keep autograd out of the teacher; let them ask for gradients, so that only the
+    # method's own no-grad forward of the teacher is what is tested.
+    method.teacher.requires_grad_(True)
+    if name == "iakd+kd":
+        method.swap_prob = 0.0  # the hybrid is then the pure student: any further saved tensor is the teacher's
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    with torch.no_grad():
+        teacher_logits = method.teacher(x)
+
+    def by_hand():
+        logits = method.student(x)
+        torch.nn.functional.cross_entropy(logits, y) + kd_loss(logits, teacher_logits, 4.0)
+
+    outputs = []
+    handle = method.teacher.register_forward_hook(lambda module, args, out: outputs.append(out))
+    assert _saved_tensors(lambda: method.forward_train(x, y)) == _saved_tensors(by_hand)
+    handle.remove()
+    assert len(outputs) == 1 and outputs[0].grad_fn is None and not outputs[0].requires_grad
+
+
+def test_kd_uses_hinton_weights():
     method = build("kd").train()
     assert (method.ce_weight, method.kd_weight, method.temperature) == (0.1, 0.9, 4.0)
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
@@ -34,8 +76,18 @@ def test_kd_uses_hinton_weights_and_builds_no_graph_through_the_teacher():
     with torch.no_grad():
         t = method.teacher(x)
     assert losses["loss_kd"].item() == pytest.approx(0.9 * kd_loss(logits, t, 4.0).item(), rel=1e-5)
-    sum(losses.values()).backward()
-    assert all(p.grad is None for p in method.teacher.parameters())
+    assert losses["loss_ce"].item() == pytest.approx(0.1 * F.cross_entropy(logits, y).item(), rel=1e-5)
+
+
+def test_an_all_student_step_without_kd_term_never_calls_the_teacher():
+    method = build("iakd").train()
+    method.swap_prob = 0.0
+    calls = []
+    hooks = [m.register_forward_hook(lambda *a: calls.append(1)) for m in method.teacher.modules()]
+    method.forward_train(torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,)))
+    for h in hooks:
+        h.remove()
+    assert calls == []
 
 
 def test_eval_forward_is_the_pure_student():
@@ -68,8 +120,30 @@ def test_trainable_state_round_trips_into_a_fresh_method():
         assert torch.equal(value, b.trainable_state_dict()[key])
 
 
+def test_the_registry_states_what_each_method_needs():
+    facts = {name: (cls.uses_teacher, cls.uses_swap, cls.has_kd_term, cls.default_ce_weight, cls.default_kd_weight)
+             for name, cls in methods.METHODS.items()}
+    assert facts == {"ce": (False, False, False, 1.0, 0.0), "kd": (True, False, True, 0.1, 0.9),
+                     "iakd": (True, True, False, 1.0, 0.0), "iakd+kd": (True, True, True, 1.0, 0.9)}
+    assert methods.kd_methods() == {"kd", "iakd+kd"}
+
+
+def test_ce_holds_no_teacher_even_when_given_one():
+    method = methods.build("ce", models.build("resnet8", 10), models.build("resnet20", 10))
+    assert method.teacher is None
+    assert set(method.trainable_state_dict()) == {f"student.{k}" for k in method.student.state_dict()}
+
+
+@pytest.mark.parametrize("name, kd_weight, reason", [
+    ("iakd", 0.5, "it has no KD term"), ("ce", 0.5, "it has no KD term"),
+    ("iakd+kd", 0.0, "its KD term needs kd_weight > 0")])
+def test_a_kd_weight_that_contradicts_the_name_is_refused(name, kd_weight, reason):
+    with pytest.raises(ValueError, match=rf"^method '{re.escape(name)}' with kd_weight {kd_weight}: {reason}$"):
+        methods.build(name, models.build("resnet8", 10), models.build("resnet20", 10), kd_weight=kd_weight)
+
+
 def test_unknown_method_and_missing_teacher_are_refused():
-    with pytest.raises(ValueError, match="unknown method 'fitnet'"):
+    with pytest.raises(ValueError, match=r"^unknown method 'fitnet'; known: ce, kd, iakd, iakd\+kd$"):
         methods.build("fitnet", models.build("resnet8", 10))
-    with pytest.raises(ValueError, match="needs a teacher"):
+    with pytest.raises(ValueError, match=r"^method 'kd' needs a teacher$"):
         methods.build("kd", models.build("resnet8", 10))

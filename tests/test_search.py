@@ -59,7 +59,8 @@ def test_one_parent_run_per_sweep(sweep):
     assert len(parents) == 1 and parents[0].info.run_id == summary.parent_run_id
     assert parents[0].info.status == "FINISHED"
     assert parents[0].data.tags["best_trial"] == summary.best.name
-    assert parents[0].data.metrics["best_val_acc"] == pytest.approx(summary.best.best_val_acc)
+    assert parents[0].data.metrics["best_val_acc"] == pytest.approx(summary.best.score)
+    assert summary.metric == "val_acc"
 
 
 def test_every_trial_and_baseline_has_exactly_one_finished_child_run(sweep):
@@ -70,7 +71,8 @@ def test_every_trial_and_baseline_has_exactly_one_finished_child_run(sweep):
     assert all(r.info.status == "FINISHED" for r in children)
     trial_ids = [r.data.tags["iakd.trial_id"] for r in children]
     assert len(set(trial_ids)) == len(trial_ids) == 5
-    assert {r.info.run_name for r in children if r.data.tags["iakd.role"] == "search"} == {t.name for t in summary.trials}
+    searched = {r.info.run_name: r.info.run_id for r in children if r.data.tags["iakd.role"] == "search"}
+    assert searched == {t.name: t.run_id for t in summary.trials}  # the summary finds each run by its trial id
     assert sorted(r.data.tags["method"] for r in children if r.data.tags["iakd.role"] == "baseline") == ["ce", "kd"]
 
 
@@ -81,18 +83,22 @@ def test_child_runs_hold_params_tags_and_per_epoch_histories(sweep):
         assert params["student.arch"] == "resnet14" and params["teacher.arch"] == "resnet20"
         assert params["optim.epochs"] == str(EPOCHS) and params["data.name"] == "digits"
         assert params["schedule.family"] == tags["schedule_family"]
-        assert {"teacher", "student", "dataset", "method", "schedule_family", "granularity", "iakd.trial_id", "node"} <= set(tags)
-        assert tags["method"] in ("iakd", "iakd+kd") and tags["granularity"] in ("stage", "2", "block")
+        assert {"teacher", "student", "dataset", "method", "schedule_family", "granularity", "iakd.trial_id",
+                "node"} <= set(tags)
+        # resnet14 has 2 blocks per stage: k = 2 is "block", so the space holds stage and block only
+        assert tags["method"] in ("iakd", "iakd+kd") and tags["granularity"] in ("stage", "block")
         epochs = int(run.data.metrics["epochs"])
         for key in ("val_acc", "test_acc", "train_loss", "swap_prob", "lr"):
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(1, epochs + 1))
-        assert run.data.metrics["best_val_acc"] == max(m.value for m in client.get_metric_history(run.info.run_id, "val_acc"))
+        history = client.get_metric_history(run.info.run_id, "val_acc")
+        assert run.data.metrics["best_val_acc"] == max(m.value for m in history)
         assert "config.yaml" in [a.path for a in client.list_artifacts(run.info.run_id)]
 
 
 def test_trials_read_the_teacher_published_under_the_storage_uri_through_a_node_local_copy(sweep):
     _, _, _, runs = sweep
-    shared = {r.data.params["teacher.checkpoint"] for r in runs if r.data.tags.get("iakd.role") in ("search", "baseline")}
+    roles = ("search", "baseline")
+    shared = {r.data.params["teacher.checkpoint"] for r in runs if r.data.tags.get("iakd.role") in roles}
     (uri,) = shared
     assert uri.startswith("file://") and "/store/teachers/digits-resnet20-" in uri and storage.exists(uri)
     tmp = Path(uri.removeprefix("file://")).parents[2]
@@ -114,9 +120,10 @@ def test_finished_trials_log_their_student_weights_and_training_log(sweep, tmp_p
 
 def test_summary_names_the_best_trial_beside_the_baselines(sweep):
     summary, text, _, _ = sweep
-    assert summary.best.best_val_acc == max(t.best_val_acc for t in summary.trials)
+    assert summary.best.score == max(t.score for t in summary.trials)
     assert f"Best trial {summary.best.name}" in text
     assert "ce (seed 0)" in text and "kd (seed 0)" in text
+    assert "best val_acc" in text and "last test_acc" in text  # the columns say which metric they hold
     assert f"mlflow ui --backend-store-uri {summary.tracking_uri}" in text
 
 
@@ -133,8 +140,12 @@ def _search_main():
         (["num_samples=0"], "error: num_samples: 0 is not allowed; must be >= 1"),
         (["run.schedule.p0=2"], "error: run.schedule.p0: 2.0 is outside [0, 1]"),
         (["run.optim.lrr=0.1"], "error: run.optim.lrr: unknown key; did you mean 'lr'?"),
-        (["run.method.granularity=4"], "error: run.method.granularity: 4 is impossible for resnet32 -> resnet14; valid: stage, 2, block"),
-        (["run.student.arch=vgg8"], "error: run.student.arch / run.teacher.arch: resnet32 -> vgg8: the student has 5 stages and the teacher 3; they must match"),
+        (["run.method.granularity=4"], "error: run.method.granularity: 4 is impossible for resnet32 -> resnet14: "
+                                       "stage 0 has 2 student and 5 teacher blocks, fewer than the 4 units asked for"),
+        (["run.student.arch=vgg8"], "error: run.student.arch: 'vgg8' has 5 stages and teacher.arch 'resnet32' 3; "
+                                    "swapping needs the same number"),
+        (["run.method.kd_weight=0.3"], "error: run.method.kd_weight: 0.3 is not allowed; method.name=iakd has no KD "
+                                       "term; use method.name=iakd+kd to add one, or leave method.kd_weight unset"),
         (["numsamples"], "error: override 'numsamples': expected key=value, e.g. schedule.p0=0.3"),
         (["--config", "missing.yaml"], "error: config file missing.yaml not found"),
     ],
@@ -150,8 +161,9 @@ def test_bad_config_fails_before_ray_starts(args, message, tmp_path, monkeypatch
 
 
 def test_command_line_exits_2_with_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "tune" / "search.py"), "run.schedule.family=sawtooth"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, str(ROOT / "tune" / "search.py"), "run.schedule.family=sawtooth"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["error: run.schedule.family: 'sawtooth' is unknown; known: constant, linear, cosine, exponential, step"]
+    assert proc.stderr.strip().splitlines() == [
+        "error: run.schedule.family: 'sawtooth' is unknown; known: constant, linear, cosine, exponential, step"]
     assert list(tmp_path.iterdir()) == []

@@ -3,7 +3,6 @@ pyarrow serves through the same code path as s3:// or gs://)."""
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from iakd import models

@@ -30,7 +30,8 @@ def test_repdistiller_file_loads_as_it_is(tmp_path):
 
 def test_wrong_class_count_and_wrong_architecture_are_named(tmp_path):
     path = tmp_path / "t.pth"
-    save_teacher(path, models.build("resnet20", 100), arch="resnet20", dataset="cifar100", num_classes=100, accuracy=None)
+    save_teacher(path, models.build("resnet20", 100), arch="resnet20", dataset="cifar100", num_classes=100,
+                 accuracy=None)
     with pytest.raises(ConfigError, match=r"t\.pth: has 100 classes, the dataset has 10"):
         load_teacher(path, "resnet20", 10)
     with pytest.raises(ConfigError, match=r"t\.pth: holds a 'resnet20', but teacher\.arch is 'resnet56'"):

@@ -156,6 +156,26 @@ def test_connect_is_idempotent(uri):
     assert tracking.connect(uri, "another") != first
 
 
+def test_experiments_open_as_model_development_in_the_mlflow_ui(uri, client):
+    """MLflow 3's UI shows an experiment without this tag as a GenAI one (a traces page saying "No data")."""
+    experiment_id = tracking.connect(uri, EXPERIMENT)
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    older = client.create_experiment("made-elsewhere")  # e.g. by an earlier version of this project
+    assert "mlflow.experimentKind" not in client.get_experiment(older).tags
+    tracking.connect(uri, "made-elsewhere")
+    assert client.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_find_child_finds_a_trial_run_by_its_tags_under_its_parent_only(uri, client):
+    parent = tracking.start_parent_run(uri, EXPERIMENT, "sweep")
+    other_parent = tracking.start_parent_run(uri, EXPERIMENT, "other sweep")
+    run = _trial(uri, parent, "trial_a", tags={"iakd.trial_id": "a"})
+    _trial(uri, parent, "trial_b", tags={"iakd.trial_id": "b"})
+    _trial(uri, other_parent, "trial_a", tags={"iakd.trial_id": "a"})
+    assert tracking.find_child(uri, parent, {"iakd.trial_id": "a"}) == run.run_id
+    assert tracking.find_child(uri, parent, {"iakd.trial_id": "c"}) is None
+
+
 def test_connect_reads_the_experiment_another_process_created_first(uri, client, monkeypatch):
     # Against a server two workers can both see "no such experiment"; the loser's create fails with
     # RESOURCE_ALREADY_EXISTS. Replay that: the first look-up misses an experiment that already exists.
@@ -194,8 +214,7 @@ def test_child_runs_reads_every_page(uri, client, monkeypatch):
 def test_log_metrics_keeps_numbers_bools_and_nan_and_skips_the_rest(uri, client):
     trial = _trial(uri, None, "trial_0")
     result = {"loss": float("nan"), "acc": 1, "stopped": True, "host": "node-1", "cfg": {}, "x": None}
-    trial.log_metrics(result, step=4)
-    trial.log_final({"best_acc": 0.75})
+    trial.log_metrics(result, step=4, final={"best_acc": 0.75})
 
     metrics = client.get_run(trial.run_id).data.metrics
     assert set(metrics) == {"loss", "acc", "stopped", "best_acc"}

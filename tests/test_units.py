@@ -1,8 +1,15 @@
+import re
+from pathlib import Path
+
 import pytest
+import yaml
 
 from iakd import models
 from iakd.errors import ConfigError
-from iakd.units import partition, valid_granularities
+from iakd.models import blocks_per_stage
+from iakd.units import canonical_granularity, partition, valid_granularities
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def pair(student, teacher):
@@ -39,7 +46,8 @@ def test_units_record_the_shapes_they_map_between():
 
 
 def test_k_larger_than_a_stage_names_the_pair_stage_and_numbers():
-    with pytest.raises(ConfigError, match=r"granularity 4 impossible for resnet56 -> resnet20: stage 0 has 3 student and 9 teacher blocks"):
+    message = r"^granularity: 4 is impossible for resnet56 -> resnet20: stage 0 has 3 student and 9 teacher blocks"
+    with pytest.raises(ConfigError, match=message):
         partition(*pair("resnet20", "resnet56"), 4, pair="resnet56 -> resnet20")
 
 
@@ -55,28 +63,54 @@ def test_spatial_mismatch_names_the_unit():
 
     student, teacher = pair("resnet20", "resnet56")
     student.layer2[0] = BasicBlock(16, 32, stride=1)  # this student keeps 32x32 through stage 1
-    with pytest.raises(ConfigError, match=r"unit 1 \(stage 1\) output is 32x32 in the student and 16x16 in the teacher"):
+    message = r"unit 1 \(stage 1\) output is 32x32 in the student and 16x16 in the teacher"
+    with pytest.raises(ConfigError, match=message):
         partition(student, teacher, "stage")
     assert isinstance(student.layer2, nn.Sequential)
 
 
-def test_bad_granularity_values_are_refused():
-    for bad in ("layer", 0, -1, True, 2.5):
-        with pytest.raises(ConfigError, match="granularity"):
-            partition(*pair("resnet20", "resnet56"), bad)
+@pytest.mark.parametrize("bad", ["layer", 0, -1, True, 2.5])
+def test_bad_granularity_values_are_refused(bad):
+    with pytest.raises(ConfigError, match=rf"^granularity: {re.escape(repr(bad))} is not one of 'stage', 'block'"):
+        partition(*pair("resnet20", "resnet56"), bad)
 
 
-def test_valid_granularities_for_resnet56_to_resnet20():
-    valid = valid_granularities(*pair("resnet20", "resnet56"))
-    assert {"stage", 3, "block"} <= set(valid)
-    assert 4 not in valid
+def test_valid_granularities_for_resnet56_to_resnet20_name_3_block():
+    # resnet20 has 3 blocks per stage: k = 3 is the block partition, k = 1 the stage one
+    assert valid_granularities(*pair("resnet20", "resnet56")) == ["stage", 2, "block"]
 
 
-def test_valid_granularities_for_resnet110_to_resnet32_hold_no_k_a_stage_cannot():
-    valid = valid_granularities(*pair("resnet32", "resnet110"))
-    assert valid == ["stage", 2, 3, 4, 5, "block"]
-    assert all(k <= 5 for k in valid if isinstance(k, int))
+def test_valid_granularities_for_resnet110_to_resnet32_hold_each_k_a_stage_allows_once():
+    assert valid_granularities(*pair("resnet32", "resnet110")) == ["stage", 2, 3, 4, "block"]
 
 
-def test_single_block_students_only_have_stage_granularity_and_its_alias_block():
-    assert valid_granularities(*pair("resnet8x4", "resnet32x4")) == ["stage", "block"]
+def test_single_block_students_only_have_stage_granularity():
+    assert valid_granularities(*pair("resnet8x4", "resnet32x4")) == ["stage"]
+
+
+@pytest.mark.parametrize("g, expected", [("stage", "stage"), (1, "stage"), (2, 2), (3, "block"), ("block", "block")])
+def test_canonical_granularity_names_each_partition_once(g, expected):
+    assert canonical_granularity([3, 3, 3], [9, 9, 9], g) == expected
+
+
+def _shipped_pairs():
+    pairs = set()
+    for path in [*ROOT.glob("configs/*.yaml"), *ROOT.glob("tune/configs/*.yaml")]:
+        values = yaml.safe_load(path.read_text())
+        run = values.get("run", values)
+        if "teacher" in run and "student" in run:
+            pairs.add((run["student"]["arch"], run["teacher"]["arch"]))
+    return sorted(pairs)
+
+
+@pytest.mark.parametrize("student, teacher", _shipped_pairs())
+def test_every_shipped_pair_lists_each_distinct_partition_once_under_its_canonical_name(student, teacher):
+    s, t = pair(student, teacher)
+    valid = valid_granularities(s, t)
+    cuts = [tuple(len(u.blocks) for u in partition(s, t, g)[0]) for g in valid]
+    assert len(set(cuts)) == len(cuts) == len(valid)  # no two names cut the pair alike
+    assert valid[0] == "stage" and cuts[0] == tuple(len(st) for st in s.stages())  # one unit per stage
+    for g in valid:
+        assert canonical_granularity(blocks_per_stage(student), blocks_per_stage(teacher), g) == g
+    if "block" in valid:
+        assert cuts[-1] == (1,) * sum(len(st) for st in s.stages())

@@ -6,37 +6,43 @@ Tune experiments (Optuna TPE through ``OptunaSearch``, ASHA on per-epoch ``val_a
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 import ray
+import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from iakd import tracking
+from iakd.checkpoint import load_file
 from iakd.config import TrainConfig, to_dict
-from iakd.engine import prepare_teacher, teacher_file
+from iakd.engine import evaluate, load_data, prepare_teacher, teacher_file, teacher_warning
 from iakd.errors import ConfigError
+from iakd.methods import METHODS
 from iakd.search import storage
 from iakd.search.experiment import Experiment
-from iakd.search.trainable import CloseTrialRuns, TrialContext, baseline_name, run_trial, trial_name
+from iakd.search.trainable import TRIAL_TAG, CloseTrialRuns, TrialContext, baseline_name, run_trial, trial_name
+from iakd.teachers import load_teacher
 
 __all__ = ["TrialSummary", "SearchSummary", "run_search", "share_teacher", "format_summary"]
 
 SWEEP_TAG = "iakd.sweep"
+METHODS_USING_TEACHER = frozenset(name for name, cls in METHODS.items() if cls.uses_teacher)
 
 
 @dataclass
 class TrialSummary:
     name: str
     overrides: dict[str, Any]
-    best_val_acc: float
+    score: float  # the best value of the search's metric over the trial's epochs (max or min, by mode)
     last_test_acc: float
     epochs: int
     run_id: str | None
@@ -47,13 +53,15 @@ class SearchSummary:
     experiment: str
     parent_run_id: str
     tracking_uri: str
+    metric: str
     best: TrialSummary | None
     baselines: list[TrialSummary] = field(default_factory=list)
     trials: list[TrialSummary] = field(default_factory=list)
     interrupted: bool = False
 
 
-def _summaries(results: tune.ResultGrid, metric: str, mode: str) -> list[TrialSummary]:
+def _summaries(results: tune.ResultGrid, metric: str, mode: str, run_ids: dict[str, str]) -> list[TrialSummary]:
+    """One summary per trial that reported; ``run_ids`` maps Tune trial ids to MLflow run ids."""
     out = []
     for r in results:
         if r.metrics_dataframe is None or r.metrics_dataframe.empty:
@@ -62,10 +70,10 @@ def _summaries(results: tune.ResultGrid, metric: str, mode: str) -> list[TrialSu
         out.append(TrialSummary(
             name=str(r.metrics.get("trial_name", Path(r.path).name)),
             overrides=dict(r.config),
-            best_val_acc=float(history[metric].max() if mode == "max" else history[metric].min()),
+            score=float(history[metric].max() if mode == "max" else history[metric].min()),
             last_test_acc=float(history["test_acc"].iloc[-1]),
             epochs=int(history["epoch"].iloc[-1]),
-            run_id=r.metrics.get("mlflow_run_id"),
+            run_id=run_ids.get(str(r.metrics.get("trial_id"))),
         ))
     return out
 
@@ -97,13 +105,17 @@ def run_search(
 
     base = experiment.base
     teacher_path = share_teacher(base, cfg.storage_path, log=log)
+    warning = check_teacher(base, teacher_path) if METHODS_USING_TEACHER & _methods_in(experiment) else None
+    if warning:
+        log(f"warning: {warning}")
 
     parent_tags = {SWEEP_TAG: name, "iakd.role": "sweep", "teacher": base.teacher.arch, "student": base.student.arch,
-                   "dataset": base.data.name}
+                   "dataset": base.data.name, **({"teacher_warning": warning} if warning else {})}
     previous = tracking.find_run(uri, name, {SWEEP_TAG: name, "iakd.role": "sweep"}) if resume else None
     parent = tracking.start_parent_run(
         uri, name, run_name=f"sweep-{name}", run_id=previous, tags=parent_tags,
-        params={"experiment": {k: v for k, v in to_dict(cfg).items() if k not in ("run", "space")}, "run": to_dict(base)},
+        params={"experiment": {k: v for k, v in to_dict(cfg).items() if k not in ("run", "space")},
+                "run": to_dict(base)},
         dicts={"search_space.yaml": experiment.space.to_dict(), "experiment.yaml": to_dict(cfg)},
     )
     log(f"MLflow: experiment {name!r}, parent run {parent} ({'resumed' if previous else 'new'}) at {uri}")
@@ -112,7 +124,7 @@ def run_search(
         ray.init(address=address, include_dashboard=False, log_to_driver=verbose > 1)
     base_dict = to_dict(base)
     resources = {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
-    closer = CloseTrialRuns(uri)
+    closer = CloseTrialRuns(uri, parent)
 
     def run_config(run_name: str) -> tune.RunConfig:
         return tune.RunConfig(name=run_name, storage_path=cfg.storage_path, callbacks=[closer], verbose=verbose,
@@ -120,37 +132,44 @@ def run_search(
                               checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
 
     def trainable(role: str):
-        context = TrialContext(base_dict, teacher_path, uri, name, parent, role)
+        context = TrialContext(base_dict, teacher_path, uri, name, parent, role, warning)
         return tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
 
     interrupted = False
     baselines: list[TrialSummary] = []
     if cfg.baselines.methods:
-        grid = {"method.name": tune.grid_search(list(cfg.baselines.methods)), "seed": tune.grid_search(list(cfg.baselines.seeds))}
+        # Each baseline with its own standard loss weights, whatever the base run sets for IAKD.
+        grid = {"method.name": tune.grid_search(list(cfg.baselines.methods)),
+                "seed": tune.grid_search(list(cfg.baselines.seeds)), "method.ce_weight": None, "method.kd_weight": None}
         tuner = _tuner(baseline_path, trainable("baseline"), grid,
                        tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, max_concurrent_trials=cfg.max_concurrent,
                                        trial_name_creator=baseline_name, trial_dirname_creator=baseline_name),
                        run_config(f"{name}-baselines"), resume)
         grid_results = tuner.fit()
-        baselines = _summaries(grid_results, cfg.metric, cfg.mode)
+        baselines = _summaries(grid_results, cfg.metric, cfg.mode, _run_ids(uri, parent))
         interrupted |= _unfinished(grid_results, len(cfg.baselines.methods) * len(cfg.baselines.seeds))
 
     trials: list[TrialSummary] = []
     if not interrupted:  # num_samples >= 1, checked at load
         searcher = OptunaSearch(space=experiment.space.define_by_run, metric=cfg.metric, mode=cfg.mode,
                                 sampler=optuna.samplers.TPESampler(seed=cfg.searcher_seed))
-        scheduler = (ASHAScheduler(time_attr="epoch", metric=cfg.metric, mode=cfg.mode, max_t=experiment.epochs + 1, grace_period=min(cfg.scheduler.grace_period, experiment.epochs),
-                                   reduction_factor=cfg.scheduler.reduction_factor) if cfg.scheduler.name == "asha" else None)
+        scheduler = None
+        if cfg.scheduler.name == "asha":
+            # max_t one past the last epoch: ASHA stops every trial that reaches max_t, and a trial that ran all
+            # its epochs must end as finished, not as stopped early by the scheduler.
+            scheduler = ASHAScheduler(time_attr="epoch", metric=cfg.metric, mode=cfg.mode, max_t=experiment.epochs + 1,
+                                      grace_period=min(cfg.scheduler.grace_period, experiment.epochs),
+                                      reduction_factor=cfg.scheduler.reduction_factor)
         tuner = _tuner(search_path, trainable("search"), {},
                        tune.TuneConfig(num_samples=cfg.num_samples, scheduler=scheduler, trial_name_creator=trial_name,
                                        trial_dirname_creator=trial_name,
                                        search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.max_concurrent)),
                        run_config(name), resume)
         results = tuner.fit()
-        trials = _summaries(results, cfg.metric, cfg.mode)
+        trials = _summaries(results, cfg.metric, cfg.mode, _run_ids(uri, parent))
         interrupted |= _unfinished(results, cfg.num_samples)
 
-    best = max(trials, key=lambda t: t.best_val_acc if cfg.mode == "max" else -t.best_val_acc, default=None)
+    best = max(trials, key=lambda t: t.score if cfg.mode == "max" else -t.score, default=None)
     if interrupted:
         # Not the end of the sweep: close what is open as KILLED; --resume re-opens the same runs.
         tracking.finish_parent_run(uri, parent, tags={"iakd.interrupted": "true"}, status="KILLED")
@@ -158,13 +177,13 @@ def run_search(
     else:
         metrics, tags = {}, {"iakd.interrupted": "false"}
         if best is not None:
-            metrics = {"best_val_acc": best.best_val_acc, "best_test_acc": best.last_test_acc}
+            metrics = {f"best_{cfg.metric}": best.score, "best_test_acc": best.last_test_acc}
             tags.update({"best_trial": best.name, "best_run_id": best.run_id or "",
                          "best_config": ", ".join(f"{k}={_fmt(v)}" for k, v in best.overrides.items())})
         for b in baselines:
-            metrics[f"baseline_{b.overrides.get('method.name')}_seed{b.overrides.get('seed')}_val_acc"] = b.best_val_acc
+            metrics[f"baseline_{b.overrides.get('method.name')}_seed{b.overrides.get('seed')}_{cfg.metric}"] = b.score
         tracking.finish_parent_run(uri, parent, metrics=metrics, tags=tags)
-    return SearchSummary(name, parent, uri, best, baselines, trials, interrupted)
+    return SearchSummary(name, parent, uri, cfg.metric, best, baselines, trials, interrupted)
 
 
 def share_teacher(base: TrainConfig, storage_path: str, *, log: Callable[[str], None] = print) -> str:
@@ -196,6 +215,35 @@ def share_teacher(base: TrainConfig, storage_path: str, *, log: Callable[[str], 
     return remote
 
 
+def check_teacher(base: TrainConfig, teacher_path: str) -> str | None:
+    """A warning when the sweep's teacher is within a few points of chance accuracy (see engine.teacher_warning).
+
+    A teacher trained here carries its test accuracy; a file from elsewhere is evaluated on the test split once.
+    """
+    local = storage.fetch(teacher_path)
+    state = load_file(local, what="teacher checkpoint", required=("model",))
+    accuracy, num_classes = state.get("accuracy"), state.get("num_classes")
+    if accuracy is None or num_classes is None:
+        cfg = dataclasses.replace(base, device="cpu")
+        dataset = load_data(cfg, torch.device("cpu"))
+        teacher = load_teacher(local, base.teacher.arch, dataset.num_classes)
+        accuracy, num_classes = evaluate(teacher, dataset.test), dataset.num_classes
+    return teacher_warning(float(accuracy), int(num_classes))
+
+
+def _methods_in(experiment: Experiment) -> set[str]:
+    """Every method a trial of this experiment may run: the baselines and the searched or fixed method.name."""
+    spec = experiment.space.params.get("method.name")
+    names = set(getattr(spec, "values", ())) | ({spec.value} if hasattr(spec, "value") else set())
+    return set(experiment.config.baselines.methods) | (names or {experiment.base.method.name})
+
+
+def _run_ids(tracking_uri: str, parent_run_id: str) -> dict[str, str]:
+    """Tune trial id -> MLflow run id, for the children of a sweep (the trial-id tag is the one link)."""
+    return {r.data.tags[TRIAL_TAG]: r.info.run_id for r in tracking.child_runs(tracking_uri, parent_run_id)
+            if TRIAL_TAG in r.data.tags}
+
+
 def _file_digest(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -205,8 +253,13 @@ def _file_digest(path: Path) -> str:
 
 
 def _unfinished(results: tune.ResultGrid, expected: int) -> bool:
-    """True when Tune returned before every trial ended (an interrupted experiment)."""
-    return results.num_terminated + results.num_errors < expected
+    """True when Tune returned before every trial ended (an interrupted experiment).
+
+    On Ctrl-C Tune marks the trials it had not started yet as terminated in the result it returns, so a
+    terminated trial that never reported an epoch counts as unfinished too (ours report every epoch).
+    """
+    never_ran = sum(1 for r in results if r.error is None and not r.metrics)
+    return results.num_terminated + results.num_errors - never_ran < expected
 
 
 def _fmt(value: Any) -> str:
@@ -224,8 +277,10 @@ def format_summary(summary: SearchSummary) -> str:
     rows = ([("best IAKD", summary.best)] if summary.best else []) + [
         (f"{t.overrides.get('method.name')} (seed {t.overrides.get('seed')})", t) for t in summary.baselines]
     if rows:
-        lines.append(f"    {'':<18} {'best val %':>10} {'last test %':>11} {'epochs':>6}")
-        lines += [f"    {label:<18} {t.best_val_acc:>10.2f} {t.last_test_acc:>11.2f} {t.epochs:>6}" for label, t in rows]
+        best = f"best {summary.metric}"
+        width = max(10, len(best))
+        lines.append(f"    {'':<18} {best:>{width}} {'last test_acc':>13} {'epochs':>6}")
+        lines += [f"    {label:<18} {t.score:>{width}.2f} {t.last_test_acc:>13.2f} {t.epochs:>6}" for label, t in rows]
     uri = summary.tracking_uri
     browse = f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else f"open {uri}"
     lines.append(f"Browse the runs: {browse}")

@@ -24,22 +24,21 @@ import difflib
 import math
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence, Union
+from typing import Any
 
 import optuna
 
 from iakd import schedules
 from iakd.config import TrainConfig, apply_overrides, from_dict
 from iakd.errors import ConfigError
+from iakd.methods import kd_methods
 from iakd.schedules import FAMILIES
 from iakd.units import parse_granularity
 
 __all__ = ["Choice", "FloatRange", "IntRange", "Fixed", "ParamSpec", "SearchSpace", "CONDITIONS",
            "build_space", "trial_overrides", "apply_trial"]
-
-# The methods whose loss has a KD term, i.e. the ones that read method.kd_weight.
-_KD_METHODS = frozenset({"kd", "iakd+kd"})
 
 # key -> (controlling key, the controlling values under which the key is used).
 CONDITIONS: dict[str, tuple[str, frozenset[Any]]] = {
@@ -47,7 +46,7 @@ CONDITIONS: dict[str, tuple[str, frozenset[Any]]] = {
         f"schedule.{extra}": ("schedule.family", frozenset(f for f, keys in FAMILIES.items() if extra in keys))
         for extra in sorted({k for keys in FAMILIES.values() for k in keys})
     },
-    "method.kd_weight": ("method.name", _KD_METHODS),
+    "method.kd_weight": ("method.name", kd_methods()),  # the methods whose loss has a KD term
 }
 
 
@@ -120,7 +119,7 @@ class Fixed:
         return self.value
 
 
-ParamSpec = Union[Choice, FloatRange, IntRange, Fixed]
+ParamSpec = Choice | FloatRange | IntRange | Fixed
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -153,10 +152,6 @@ class SearchSpace:
             else:
                 decided[key] = spec.suggest(trial, key)
         return constants
-
-    def searched_keys(self) -> list[str]:
-        """The keys Optuna chooses (everything but the fixed ones), in declaration order."""
-        return [key for key, spec in self.params.items() if not isinstance(spec, Fixed)]
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML form (``auto`` granularity spelled out), e.g. to log as the sweep's search space."""
@@ -204,7 +199,8 @@ def _parse_range(key: str, raw: Mapping[str, Any]) -> FloatRange | IntRange:
             raise ConfigError(f"{where}: a range needs low and high, got {dict(raw)!r}")
         if not _is_number(raw[bound]):
             raise ConfigError(f"{where}: {bound} {raw[bound]!r} is not a finite number")
-    low, high, log, step, kind = raw["low"], raw["high"], raw.get("log", False), raw.get("step"), raw.get("type", "float")
+    low, high = raw["low"], raw["high"]
+    log, step, kind = raw.get("log", False), raw.get("step"), raw.get("type", "float")
     if kind not in ("float", "int"):
         raise ConfigError(f"{where}: type {kind!r} is not 'float' or 'int'")
     if low > high:
@@ -261,7 +257,12 @@ def _check_value(key: str, value: Any, valid_granularities: Sequence[str | int])
             family = value if name == "family" else next((f for f, ks in FAMILIES.items() if name in ks), "linear")
             schedules.build({"family": family, "p0": 0.5, "t_end": 1.0, name: value}, prefix="schedule")
         else:
-            from_dict(apply_overrides({}, {key: value}))  # the defaults plus this one value: checks type and range
+            # The defaults plus this one value (and what makes it meaningful): checks type and range.
+            context: dict[str, Any] = {"method.name": "ce"} if key in ("student.arch", "teacher.arch") else {}
+            if key in CONDITIONS:
+                controller, enabling = CONDITIONS[key]
+                context[controller] = sorted(enabling)[0]
+            from_dict(apply_overrides({}, {**context, key: value}))
     except ConfigError as e:
         raise ConfigError(f"space.{e}") from None
     return value
@@ -284,7 +285,8 @@ def _unknown_key(key: Any) -> ConfigError:
 
 
 def build_space(spec: Mapping[str, Any], *, valid_granularities: Sequence[str | int]) -> SearchSpace:
-    """Parse and validate the YAML ``space:`` mapping; `valid_granularities` is the pair's (`units.valid_granularities`)."""
+    """Parse and validate the YAML ``space:`` mapping; `valid_granularities` is the pair's
+    (`units.valid_granularities`)."""
     if not isinstance(spec, Mapping) or not spec:
         raise ConfigError(f"space: expected a non-empty mapping of dotted run-config keys, got {spec!r}")
     params: dict[str, ParamSpec] = {}

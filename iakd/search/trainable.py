@@ -1,8 +1,9 @@
 """The Ray Tune side of a trial: the engine as a function trainable, and closing runs Tune cut short.
 
 A trial builds its run config from the base config and its sampled overrides, trains with the engine,
-reports every epoch's metrics with a checkpoint, and logs them to its own MLflow child run. The run id lives
-in the trial's checkpoint, so a trial restored after a failure or ``--resume`` continues the same run.
+reports every epoch's metrics with a checkpoint, and logs them to its own MLflow child run. The one link
+between a trial and its run is the run's ``iakd.trial_id`` tag under the sweep's parent run: a trial restored
+after a failure or ``--resume`` finds its run by it and continues it, and the driver closes runs by it.
 """
 
 from __future__ import annotations
@@ -20,15 +21,19 @@ import torch
 from ray import tune
 
 from iakd import tracking
-from iakd.config import TrainConfig, from_dict, to_dict
 from iakd.checkpoint import load_file
+from iakd.config import TrainConfig, from_dict, to_dict
 from iakd.engine import train
+from iakd.methods import METHODS
 from iakd.search import storage
 from iakd.search.space import apply_trial, trial_overrides
 
 __all__ = ["TrialContext", "run_trial", "trial_config", "trial_name", "baseline_name", "CloseTrialRuns"]
 
 TRIAL_TAG = "iakd.trial_id"
+# A confirmation trial's config names the configuration it re-trains (a searched trial's name, or a baseline
+# method); it is not a run-config key, so trial_overrides drops it.
+CANDIDATE_KEY = "iakd.candidate"
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,8 @@ class TrialContext:
     tracking_uri: str
     experiment: str
     parent_run_id: str
-    role: str  # "search" or "baseline"
+    role: str  # "search", "baseline" or "confirm"
+    teacher_warning: str | None = None  # set by the driver when the teacher is near chance accuracy
 
 
 def trial_config(context: TrialContext, config: dict[str, Any]) -> TrainConfig:
@@ -51,14 +57,20 @@ def trial_config(context: TrialContext, config: dict[str, Any]) -> TrainConfig:
     return cfg
 
 
-def _tags(cfg: TrainConfig, context: TrialContext, trial_id: str) -> dict[str, str]:
-    return {
+def _tags(cfg: TrainConfig, context: TrialContext, trial_id: str, config: dict[str, Any]) -> dict[str, str]:
+    swaps = METHODS[cfg.method.name].uses_swap
+    tags = {
         "teacher": cfg.teacher.arch, "student": cfg.student.arch, "dataset": cfg.data.name, "method": cfg.method.name,
-        "schedule_family": cfg.schedule["family"] if cfg.method.name.startswith("iakd") else "none",
-        "granularity": str(cfg.method.granularity) if cfg.method.name.startswith("iakd") else "none",
+        "schedule_family": cfg.schedule["family"] if swaps else "none",
+        "granularity": str(cfg.method.granularity) if swaps else "none",
         TRIAL_TAG: trial_id, "iakd.role": context.role,
         "node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
     }
+    if CANDIDATE_KEY in config:
+        tags["iakd.candidate"] = str(config[CANDIDATE_KEY])
+    if context.teacher_warning:
+        tags["teacher_warning"] = context.teacher_warning
+    return tags
 
 
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
@@ -74,20 +86,21 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     checkpoint = tune.get_checkpoint()
     # as_directory: no copy for local storage, and a downloaded copy is removed when the trial ends
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as restored:
-        _train_and_log(cfg, context, trial, restored)
+        _train_and_log(cfg, context, trial, restored, config)
 
 
-def _train_and_log(cfg: TrainConfig, context: TrialContext, trial, restored: str | None) -> None:
-    resume_from, run_id, done = None, None, []
+def _train_and_log(cfg: TrainConfig, context: TrialContext, trial, restored: str | None, config: dict) -> None:
+    trial_tag = {TRIAL_TAG: trial.get_trial_id()}
+    resume_from, done, run_id = None, [], None
     if restored is not None:
         resume_from = Path(restored) / "checkpoint.pt"
-        state = load_file(resume_from, required=("extra", "history"))
-        run_id, done = state["extra"].get("mlflow_run_id"), state["history"]
+        done = load_file(resume_from, required=("history",))["history"]
+        run_id = tracking.find_child(context.tracking_uri, context.parent_run_id, trial_tag)
     if run_id is None:  # starting from scratch: a run begun by an earlier attempt held no progress
-        tracking.delete_children(context.tracking_uri, context.parent_run_id, {TRIAL_TAG: trial.get_trial_id()})
+        tracking.delete_children(context.tracking_uri, context.parent_run_id, trial_tag)
     run = tracking.TrialRun(context.tracking_uri, context.experiment, parent_run_id=context.parent_run_id,
                             run_name=trial.get_trial_name(), params=to_dict(cfg),
-                            tags=_tags(cfg, context, trial.get_trial_id()), run_id=run_id)
+                            tags=_tags(cfg, context, trial.get_trial_id(), config), run_id=run_id)
 
     if run_id is None:
         run.log_dict(to_dict(cfg), "config.yaml")
@@ -115,7 +128,7 @@ def _train_and_log(cfg: TrainConfig, context: TrialContext, trial, restored: str
     def report(metrics: dict[str, Any], checkpoint_path: Path | None) -> None:
         log_epoch(metrics)
         saved = tune.Checkpoint.from_directory(str(checkpoint_path.parent)) if checkpoint_path else None
-        tune.report({**metrics, "mlflow_run_id": run.run_id, "trial_name": trial.get_trial_name()}, checkpoint=saved)
+        tune.report({**metrics, "trial_name": trial.get_trial_name()}, checkpoint=saved)
 
     # The log lives in the folder Tune checkpoints, so each checkpoint carries the log up to its epoch; a
     # restored trial starts from that copy and the finished log holds every epoch once, across attempts.
@@ -127,8 +140,7 @@ def _train_and_log(cfg: TrainConfig, context: TrialContext, trial, restored: str
     try:
         if cfg.teacher.checkpoint:  # logged as the shared location; read from a node-local copy behind a URI
             cfg.teacher.checkpoint = str(storage.fetch(cfg.teacher.checkpoint))
-        result = train(cfg, [report], resume_from=resume_from, extra={"mlflow_run_id": run.run_id},
-                       log=lambda line: print(line, file=log_file, flush=True))
+        result = train(cfg, [report], resume_from=resume_from, log=lambda line: print(line, file=log_file, flush=True))
     except Exception:
         # A real error. Tune stops a trial with SystemExit inside tune.report: CloseTrialRuns handles that.
         run.finish("FAILED")
@@ -152,18 +164,20 @@ def baseline_name(trial) -> str:
 
 class CloseTrialRuns(tune.Callback):
     """Driver side: a trial that ASHA stopped never returns from training, and one that errored may not
-    have closed its run; close both here so that no trial's run stays RUNNING."""
+    have closed its run; close both here (found by the trial's tag) so that no trial's run stays RUNNING."""
 
-    def __init__(self, tracking_uri: str):
+    def __init__(self, tracking_uri: str, parent_run_id: str):
         self.tracking_uri = tracking_uri
+        self.parent_run_id = parent_run_id
 
     def _close(self, trial, status: str, tags: dict[str, str]) -> None:
-        run_id = (trial.last_result or {}).get("mlflow_run_id")
+        run_id = tracking.find_child(self.tracking_uri, self.parent_run_id, {TRIAL_TAG: trial.trial_id})
         if run_id:
             tracking.close_run(self.tracking_uri, run_id, status=status, tags=tags)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        self._close(trial, "FINISHED", {"status": "stopped_early", "stopped_at_epoch": str((trial.last_result or {}).get("epoch"))})
+        stopped_at = str((trial.last_result or {}).get("epoch"))
+        self._close(trial, "FINISHED", {"status": "stopped_early", "stopped_at_epoch": stopped_at})
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         self._close(trial, "FAILED", {"status": "error"})
