@@ -27,8 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-samples", type=int, help="number of searched trials")
     parser.add_argument("--epochs", type=int, help="epochs per trial (run.optim.epochs)")
     parser.add_argument("--experiment", help="experiment name (MLflow experiment and Tune folder)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
-    parser.add_argument("--storage-path", help="Tune storage: a local folder, NFS path or s3:// / gs:// URI")
+    # On a cluster started from cluster.yaml the head node defines both variables (see README).
+    parser.add_argument("--tracking-uri", default=os.environ.get("IAKD_TRACKING_URI"),
+                        help="MLflow tracking URI (default: $IAKD_TRACKING_URI, else the config's)")
+    parser.add_argument("--storage-path", default=os.environ.get("IAKD_STORAGE_PATH"),
+                        help="Tune storage: a local folder, NFS path or s3:// / gs:// URI "
+                             "(default: $IAKD_STORAGE_PATH, else the config's)")
     parser.add_argument("--address", help="Ray cluster address; 'auto' joins a running cluster")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted experiment (Tuner.restore)")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
