@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,8 @@ import torch
 
 from iakd.errors import ConfigError
 
-__all__ = ["save_atomic", "copy_atomic", "load_file", "capture_rng", "restore_rng", "CHECKPOINT_FORMAT"]
+__all__ = ["save_atomic", "copy_atomic", "write_text_atomic", "atomic_path", "load_file", "capture_rng",
+           "restore_rng", "CHECKPOINT_FORMAT"]
 
 # v2: one generator per random stream (order, augment, swap) instead of one shared by order and augmentation.
 CHECKPOINT_FORMAT = "iakd-checkpoint-v2"
@@ -40,6 +43,26 @@ def _write_atomic(path: str | Path, write: Any) -> Path:
 def save_atomic(obj: Any, path: str | Path) -> Path:
     """torch.save ``obj`` to ``path`` atomically."""
     return _write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return _write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` for a library that writes files by name (Parquet, PNG); renamed to
+    ``path`` when the block ends without an error, removed otherwise."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def copy_atomic(source: str | Path, path: str | Path) -> Path:

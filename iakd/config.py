@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -24,7 +25,8 @@ from iakd.models import ARCHS, blocks_per_stage
 from iakd.units import canonical_granularity, parse_granularity
 
 __all__ = ["DataConfig", "TeacherConfig", "StudentConfig", "MethodConfig", "OptimConfig", "TrainConfig",
-           "load_config", "from_dict", "build_dataclass", "read_yaml", "apply_overrides", "parse_overrides", "to_dict"]
+           "load_config", "from_dict", "build_dataclass", "read_yaml", "apply_overrides", "parse_overrides", "to_dict",
+           "flat_items"]
 
 
 DEFAULT_SCHEDULE: dict[str, Any] = {"family": "linear", "p0": 0.5, "t_end": 0.8}
@@ -47,6 +49,7 @@ class TeacherConfig:
     arch: str = "resnet20"
     checkpoint: str | None = None  # a trained teacher file; None trains one (cached) with the run's recipe
     epochs: int | None = None  # teacher training epochs when one is trained; None = optim.epochs
+    batch_size: int | None = None  # teacher training batch size when one is trained; None = optim.batch_size
     cache_dir: str = "runs/teachers"
 
 
@@ -136,13 +139,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 5e-4 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 5e-4 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):  # nan passes every "<= 0" check and then poisons training
+                raise ConfigError(f"{key}: {value!r} is not a finite number")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -208,6 +216,8 @@ def _check(cfg: TrainConfig) -> None:
                 "method.temperature": cfg.method.temperature, "checkpoint_every": cfg.checkpoint_every}
     if cfg.teacher.epochs is not None:
         positive["teacher.epochs"] = cfg.teacher.epochs
+    if cfg.teacher.batch_size is not None:
+        positive["teacher.batch_size"] = cfg.teacher.batch_size
     if cfg.data.image_size is not None:
         positive["data.image_size"] = cfg.data.image_size
     if cfg.data.train_size is not None:
@@ -215,6 +225,9 @@ def _check(cfg: TrainConfig) -> None:
     for key, value in positive.items():
         if value <= 0:
             fail(key, value, "must be > 0")
+    for key, seed in (("seed", cfg.seed), ("data.split_seed", cfg.data.split_seed)):
+        if not 0 <= seed < 2**32:
+            fail(key, seed, "must be in [0, 2**32)")
     if cfg.data.num_workers < 0:
         fail("data.num_workers", cfg.data.num_workers, "must be >= 0")
     for key, value in (("optim.momentum", cfg.optim.momentum), ("optim.gamma", cfg.optim.gamma)):
@@ -238,6 +251,17 @@ def from_dict(values: Mapping[str, Any]) -> TrainConfig:
     cfg = build_dataclass(TrainConfig, values)
     _check(cfg)
     return cfg
+
+
+def flat_items(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as ``{"optim.lr": 0.05, ...}`` (lists stay values)."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(flat_items(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -417,6 +417,25 @@ def read_cifar_batch(path: Path, label_key: bytes, num_classes: int) -> tuple[to
     return images, torch.from_numpy(label_array)
 
 
+_CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+
+
+def check_data_folder(name: str, data_dir: str | Path, *, download: bool = False) -> None:
+    """The folders a dataset is read from exist (a CIFAR folder may be missing when it will be downloaded);
+    a ConfigError naming ``data.dir`` otherwise. Cheap: nothing is read."""
+    data_dir = Path(data_dir)
+    if name in _CIFAR_FOLDERS:
+        folder = data_dir / _CIFAR_FOLDERS[name]
+        if not folder.is_dir() and not download:
+            raise DataError(f"data.dir: {folder} not found; put the official {name} python-version files there "
+                            "(python -m iakd.prepare_data) or set data.download=true")
+    elif name == "imagefolder":
+        for part in ("train", "val"):
+            if not (data_dir / part).is_dir():
+                raise DataError(f"data.dir: {data_dir / part} not found; imagefolder needs train/ and val/ with one "
+                                "folder per class")
+
+
 def _load_cifar(name: str, data_dir: Path, val_fraction: float, split_seed: int, device: str | torch.device,
                 download: bool) -> Dataset:
     if name == "cifar10":

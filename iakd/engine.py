@@ -22,17 +22,31 @@ import torch
 import yaml
 
 from iakd import methods, models, schedules
-from iakd.checkpoint import CHECKPOINT_FORMAT, capture_rng, copy_atomic, load_file, restore_rng, save_atomic
-from iakd.config import MethodConfig, StudentConfig, TrainConfig, to_dict
+from iakd.checkpoint import (
+    CHECKPOINT_FORMAT,
+    capture_rng,
+    copy_atomic,
+    load_file,
+    restore_rng,
+    save_atomic,
+    write_text_atomic,
+)
+from iakd.config import MethodConfig, StudentConfig, TrainConfig, flat_items, to_dict
 from iakd.data import Dataset, load_dataset
 from iakd.errors import ConfigError
+from iakd.frozen import freeze_teacher
 from iakd.teachers import cache_path, load_teacher, save_teacher
 
 __all__ = ["Callback", "train", "evaluate", "prepare_teacher", "teacher_file", "resolve_device", "stream_seed",
-           "build_student", "build_method", "teacher_warning", "load_data"]
+           "build_student", "build_method", "teacher_warning", "load_data", "read_resume_checkpoint"]
 
 # Called after each epoch with its metrics and the checkpoint just written (or None); True asks to stop.
 Callback = Callable[[dict[str, Any], "Path | None"], "bool | None"]
+
+# Config keys a resumed run may change: where outputs go and inputs are read from, and how fast it runs. Every
+# other key changes what is trained, so it must equal the checkpoint's.
+RESUME_FREE_KEYS = ("out_dir", "device", "checkpoint_every", "data.dir", "data.num_workers", "data.download",
+                    "teacher.checkpoint", "teacher.cache_dir")
 
 # A teacher within this many points of chance accuracy cannot teach: its hybrid tends to diverge.
 TEACHER_CHANCE_MARGIN = 5.0
@@ -92,6 +106,21 @@ def build_method(cfg: TrainConfig, student: models.ZooModel, teacher: models.Zoo
                              pair=f"{cfg.teacher.arch} -> {cfg.student.arch}")
 
 
+def read_resume_checkpoint(path: str | Path, cfg: TrainConfig) -> dict[str, Any]:
+    """The checkpoint a run resumes from, checked against its config: a ConfigError names the first key that
+    differs (a resumed run must train what the checkpoint trained), or a foreign or corrupt file."""
+    state = load_file(path, required=("format", "epoch", "trainable", "optimizer", "rng", "config"))
+    if state["format"] != CHECKPOINT_FORMAT:
+        raise ConfigError(f"checkpoint {path}: format {state['format']!r}, expected {CHECKPOINT_FORMAT!r}")
+    saved, now = flat_items(state["config"]), flat_items(to_dict(cfg))
+    for key in sorted(set(saved) | set(now)):
+        if key in RESUME_FREE_KEYS or saved.get(key) == now.get(key):
+            continue
+        raise ConfigError(f"--resume: {key} is {now.get(key)!r} here but {saved.get(key)!r} in {path}; a resumed "
+                          "run keeps every key that changes training (start a new output folder instead)")
+    return state
+
+
 def teacher_warning(accuracy: float, num_classes: int) -> str | None:
     """A warning when a teacher's test accuracy is within a few points of chance, else None."""
     chance = 100.0 / num_classes
@@ -127,7 +156,8 @@ def _lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
 def _teacher_config(cfg: TrainConfig) -> TrainConfig:
     """The run that trains this config's teacher: method ce on the teacher's architecture, same recipe, on the
     whole training split (``data.train_size`` limits the student's data, not the teacher's)."""
-    optim = dataclasses.replace(cfg.optim, epochs=cfg.teacher.epochs or cfg.optim.epochs)
+    optim = dataclasses.replace(cfg.optim, epochs=cfg.teacher.epochs or cfg.optim.epochs,
+                                batch_size=cfg.teacher.batch_size or cfg.optim.batch_size)
     return dataclasses.replace(cfg, student=StudentConfig(arch=cfg.teacher.arch), method=MethodConfig(name="ce"),
                                data=dataclasses.replace(cfg.data, train_size=None), optim=optim,
                                checkpoint_every=optim.epochs)
@@ -153,9 +183,13 @@ def prepare_teacher(cfg: TrainConfig, log: Callable[[str], None] = print) -> Pat
     if path.is_file():
         log(f"teacher {cfg.teacher.arch}: reusing {path}")
         return path
-    t_cfg = dataclasses.replace(_teacher_config(cfg), out_dir=str(path.with_suffix("")) + "-run")
-    log(f"teacher {cfg.teacher.arch}: training {t_cfg.optim.epochs} epochs on {cfg.data.name} -> {path}")
-    result = train(t_cfg, log=log, prepare=False)
+    # Checkpointed every epoch: a driver killed while it trains the teacher continues from its last epoch.
+    t_cfg = dataclasses.replace(_teacher_config(cfg), out_dir=str(path.with_suffix("")) + "-run", checkpoint_every=1)
+    checkpoint = Path(t_cfg.out_dir) / "checkpoint.pt"
+    resume = checkpoint if checkpoint.is_file() else None
+    log(f"teacher {cfg.teacher.arch}: {'continuing' if resume else 'training'} {t_cfg.optim.epochs} epochs on "
+        f"{cfg.data.name} -> {path}")
+    result = train(t_cfg, log=log, prepare=False, resume_from=resume)
     if result["status"] != "finished":
         raise RuntimeError(f"teacher training {result['status']}: {result['message']}")
     return copy_atomic(Path(t_cfg.out_dir) / "student.pt", path)  # already in the teacher file format
@@ -186,17 +220,20 @@ def train(
     callbacks = list(callbacks)
     device = resolve_device(cfg.device)
     out_dir = Path(cfg.out_dir)
+    # Before any data or teacher work: a checkpoint that cannot be resumed fails in a second, not after minutes.
+    state = read_resume_checkpoint(resume_from, cfg) if resume_from is not None else None
     dataset = load_data(cfg, device)
 
     teacher, teacher_acc, warning = None, None, None
     if methods.METHODS[cfg.method.name].uses_teacher:
         path = prepare_teacher(cfg, log) if prepare else teacher_file(cfg)
-        teacher = load_teacher(path, cfg.teacher.arch, dataset.num_classes).to(device)
+        teacher = load_teacher(path, cfg.teacher.arch, dataset.num_classes, dataset=cfg.data.name).to(device)
         teacher_acc = evaluate(teacher, dataset.test)
         log(f"teacher {cfg.teacher.arch} from {path}: test acc {teacher_acc:.2f}%")
         warning = teacher_warning(teacher_acc, dataset.num_classes)
         if warning:
             log(f"warning: {warning}")
+        teacher = freeze_teacher(teacher)  # BatchNorm folded into the convolutions: it only ever infers
     student = build_student(cfg.student.arch, dataset.num_classes, cfg.seed)
     method = build_method(cfg, student, teacher, dataset.image_size).to(device)
     schedule = schedules.build(cfg.schedule)
@@ -210,10 +247,7 @@ def train(
     total_steps = cfg.optim.epochs * steps_per_epoch
 
     start_epoch, step, history = 0, 0, []
-    if resume_from is not None:
-        state = load_file(resume_from, required=("format", "epoch", "trainable", "optimizer", "rng"))
-        if state["format"] != CHECKPOINT_FORMAT:
-            raise ConfigError(f"checkpoint {resume_from}: format {state['format']!r}, expected {CHECKPOINT_FORMAT!r}")
+    if state is not None:
         try:
             method.load_trainable_state_dict(state["trainable"])
         except (KeyError, RuntimeError) as e:
@@ -225,13 +259,18 @@ def train(
         log(f"resumed from {resume_from} at epoch {start_epoch}")
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     status, message = "finished", f"trained {cfg.optim.epochs} epochs"
     for epoch in range(start_epoch, cfg.optim.epochs):
         method.train()
         started = time.perf_counter()
-        sums: dict[str, float] = {}
-        seen = correct = swapped = swap_draws = 0
+        # Loss sums, the accuracy count and the divergence check stay on the device (float64, so the sums equal
+        # the host's to the bit) and are read once per epoch: a .item() per step is a host synchronisation.
+        sums: dict[str, torch.Tensor] = {}
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        diverged = torch.zeros((), dtype=torch.bool, device=device)
+        first_bad = torch.zeros((), device=device)
+        seen = swapped = swap_draws = 0
         prob_sum = 0.0
         batches = dataset.train.batches(cfg.optim.batch_size, shuffle=True, augment=True,
                                         generator=generators["order"], augment_generator=generators["augment"])
@@ -241,24 +280,25 @@ def train(
                 method.swap_prob = schedule.unit_probs(progress, method.num_units)
             logits, losses = method.forward_train(images, labels)
             loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                status, message = "diverged", f"diverged at epoch {epoch + 1}: loss is {loss.item()}"
-                break
+            bad = ~torch.isfinite(loss.detach())
+            first_bad = torch.where(bad & ~diverged, loss.detach(), first_bad)
+            diverged |= bad
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
             n = labels.shape[0]
             seen += n
-            correct += (logits.argmax(1) == labels).sum().item()
-            sums["train_loss"] = sums.get("train_loss", 0.0) + loss.item() * n
-            for name, value in losses.items():
-                sums[name] = sums.get(name, 0.0) + value.item() * n
+            correct += (logits.detach().argmax(1) == labels).sum()
+            for name, value in (("train_loss", loss), *losses.items()):
+                term = value.detach().double() * n
+                sums[name] = sums[name] + term if name in sums else term
             if method.uses_swap:
                 prob_sum += schedule(progress)
                 swapped += sum(method.last_swap)
                 swap_draws += method.num_units
-        if status == "diverged":
+        if diverged.item():  # the epoch's one read of the device: a NaN ends the run at this epoch
+            status, message = "diverged", f"diverged at epoch {epoch + 1}: loss is {first_bad.item()}"
             log(message)
             break
         lr = optimizer.param_groups[0]["lr"]
@@ -268,8 +308,8 @@ def train(
         previous = history[-1] if history else {}
         metrics = {
             "epoch": epoch + 1,
-            **{k: v / seen for k, v in sums.items()},
-            "train_acc": 100.0 * correct / seen,
+            **{k: v.item() / seen for k, v in sums.items()},
+            "train_acc": 100.0 * correct.item() / seen,
             "val_acc": evaluate(method, dataset.val),
             "test_acc": evaluate(method, dataset.test),
             "lr": lr,
@@ -293,7 +333,7 @@ def train(
                 "lr_scheduler": lr_scheduler.state_dict(),
                 "rng": capture_rng(**generators), "history": history,
             }, out_dir / "checkpoint.pt")
-        (out_dir / "metrics.json").write_text(json.dumps(history, indent=1))
+        write_text_atomic(out_dir / "metrics.json", json.dumps(history, indent=1))
         if any([cb(metrics, checkpoint) for cb in callbacks]):  # every callback sees every epoch
             status, message = "stopped", f"stopped by a callback after epoch {epoch + 1}"
             break

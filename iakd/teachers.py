@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from iakd import models
 from iakd.checkpoint import load_file, save_atomic
 from iakd.errors import ConfigError
@@ -31,12 +33,24 @@ def save_teacher(path: str | Path, model: ZooModel, *, arch: str, dataset: str, 
     )
 
 
-def load_teacher(path: str | Path, arch: str, num_classes: int) -> ZooModel:
-    """Build ``arch`` and load the teacher's weights strictly; mismatches name the file and the numbers."""
+def load_teacher(path: str | Path, arch: str, num_classes: int, dataset: str | None = None) -> ZooModel:
+    """Build ``arch`` and load the teacher's weights strictly; mismatches name the file and the numbers.
+
+    Where the file says which dataset and how many classes it was trained for (files trained here do), both
+    must match the run's ``dataset`` and ``num_classes``.
+    """
     state = load_file(path, what="teacher checkpoint", required=("model",))
     if state.get("arch", arch) != arch:
         raise ConfigError(f"teacher checkpoint {path}: holds a {state['arch']!r}, but teacher.arch is {arch!r}")
+    if dataset is not None and state.get("dataset", dataset) != dataset:
+        raise ConfigError(f"teacher checkpoint {path}: was trained on {state['dataset']!r}, but data.name is "
+                          f"{dataset!r}")
+    if state.get("num_classes", num_classes) != num_classes:
+        raise ConfigError(f"teacher checkpoint {path}: has {state['num_classes']} classes, the dataset has "
+                          f"{num_classes}")
     weights = state["model"]
+    if not isinstance(weights, Mapping) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise ConfigError(f"teacher checkpoint {path}: its 'model' entry is not a state dict (name -> tensor)")
     head = next((weights[k] for k in ("fc.weight", "classifier.weight") if k in weights), None)
     if head is not None and head.shape[0] != num_classes:
         raise ConfigError(f"teacher checkpoint {path}: has {head.shape[0]} classes, the dataset has {num_classes}")

@@ -54,6 +54,7 @@ __all__ = [
     "finish_parent_run",
     "flatten",
     "start_parent_run",
+    "supersede_run",
 ]
 
 # MLflow's limits (mlflow.utils.validation): longer values are rejected, or truncated with a warning,
@@ -316,6 +317,14 @@ def find_child(tracking_uri: str, parent_run_id: str, tags: Mapping[str, str]) -
     matching = [r for r in child_runs(tracking_uri, parent_run_id)
                 if all(r.data.tags.get(k) == v for k, v in tags.items())]
     return max(matching, key=lambda r: r.info.start_time).info.run_id if matching else None
+
+
+def supersede_run(tracking_uri: str, run_id: str, *, by: str) -> None:
+    """Mark a sweep's parent run as replaced by a newer one (tag ``iakd.superseded_by``); close it if open."""
+    client = _client(tracking_uri)
+    client.set_tag(run_id, "iakd.superseded_by", by)
+    if client.get_run(run_id).info.status in _OPEN_STATUSES:
+        finish_parent_run(tracking_uri, run_id, status="KILLED")
 
 
 def close_run(tracking_uri: str, run_id: str, *, status: str = "FINISHED",

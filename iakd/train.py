@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from iakd.config import load_config
+from iakd.data import check_data_folder
 from iakd.engine import train
 from iakd.errors import ConfigError
 
@@ -24,10 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="output directory (overrides out_dir)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. schedule.p0=0.3 optim.epochs=5")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides before, between or after the flags
     try:
         overrides = list(args.overrides) + ([f"out_dir={args.out}"] if args.out else [])
         cfg = load_config(args.config, overrides)
+        check_data_folder(cfg.data.name, cfg.data.dir, download=cfg.data.download)
         checkpoint = Path(cfg.out_dir) / "checkpoint.pt"
         result = train(cfg, resume_from=checkpoint if args.resume and checkpoint.is_file() else None)
     except ConfigError as e:

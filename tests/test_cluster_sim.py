@@ -159,6 +159,7 @@ def test_trials_run_on_the_gpu_workers_and_log_to_the_mlflow_server(mlflow_serve
     experiment = load_experiment(CONFIG, [
         f"num_samples={SAMPLES}", f"max_concurrent={SAMPLES}", "scheduler.name=none", f"run.optim.epochs={EPOCHS}",
         "run.teacher.epochs=1", "run.data.image_size=8", "run.teacher.arch=resnet20", "baselines.methods=[]",
+        "confirm.top_k=0", "analysis=false",
         "resources.cpu=1", "resources.gpu=1", f"storage_path=file://{tmp_path}/shared",
         f"run.teacher.cache_dir={tmp_path}/driver", f"tracking_uri={url}",
     ])

@@ -427,3 +427,16 @@ def test_batch_files_naming_numpy_1_modules_load(tmp_path: Path) -> None:
 
     dataset = load_dataset("cifar10", tmp_path)
     assert _rows(dataset.test) == [row.tobytes() for row in data]
+
+
+def test_train_size_keeps_a_seeded_subset_of_the_training_split_only() -> None:
+    full = load_dataset("digits", image_size=8)
+    small = load_dataset("digits", image_size=8, train_size=100)
+    again = load_dataset("digits", image_size=8, train_size=100)
+    assert len(small.train) == 100 and torch.equal(small.train.images, again.train.images)
+    assert Counter(_rows(small.train)) - Counter(_rows(full.train)) == Counter()  # drawn from the training split
+    assert _rows(small.val) == _rows(full.val) and _rows(small.test) == _rows(full.test)
+    other = load_dataset("digits", image_size=8, train_size=100, split_seed=1)
+    assert not torch.equal(other.train.images, small.train.images)
+    with pytest.raises(ConfigError, match=rf"^data\.train_size: 5000 is not in \[1, {len(full.train)}\]"):
+        load_dataset("digits", image_size=8, train_size=5000)

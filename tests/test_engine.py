@@ -184,7 +184,8 @@ def test_corrupt_or_foreign_checkpoint_fails_naming_the_file(tmp_path, teacher_c
         train(cfg, resume_from=bad, log=quiet)
     train(cfg, [lambda m, c: True], log=quiet)
     other = student_config(tmp_path / "other", teacher_cache, "method.name=ce", "student.arch=resnet14")
-    with pytest.raises(ConfigError, match=r"checkpoint .*checkpoint\.pt: does not fit this config"):
+    resumed_elsewhere = r"^--resume: student\.arch is 'resnet14' here but 'resnet8' in .*checkpoint\.pt"
+    with pytest.raises(ConfigError, match=resumed_elsewhere):
         train(other, resume_from=tmp_path / "out" / "checkpoint.pt", log=quiet)
 
 
@@ -217,3 +218,34 @@ def test_command_line_bad_key_exits_2_with_one_line(tmp_path):
     proc = _cli("--config", str(config), cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: optim.lrr: unknown key; did you mean 'lr'?"
     assert not (tmp_path / "runs").exists()  # nothing was written
+
+
+def test_an_interrupted_teacher_training_continues_from_its_last_epoch(tmp_path):
+    def config(cache):
+        return load_config(overrides=FAST + ["teacher.arch=resnet8", "teacher.epochs=3", f"teacher.cache_dir={cache}",
+                                             "method.name=kd"])
+
+    straight = prepare_teacher(config(tmp_path / "a"), log=quiet)
+
+    def killed_in_epoch_2(line):
+        if line.startswith("epoch   2/3"):
+            raise KeyboardInterrupt  # the driver dies: epoch 1's checkpoint is on disk
+    with pytest.raises(KeyboardInterrupt):
+        prepare_teacher(config(tmp_path / "b"), log=killed_in_epoch_2)
+    lines = []
+    continued = prepare_teacher(config(tmp_path / "b"), log=lines.append)
+    assert lines[0].startswith("teacher resnet8: continuing 3 epochs") and any("resumed from" in x for x in lines)
+    assert sum(x.startswith("epoch ") for x in lines) == 2  # epochs 2 and 3 only
+    a, b = torch.load(straight, weights_only=True), torch.load(continued, weights_only=True)
+    assert a["accuracy"] == b["accuracy"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_a_smaller_student_training_set_keeps_the_teachers_data_and_cache_entry(tmp_path):
+    from iakd.engine import _teacher_config, teacher_file
+
+    full = load_config(overrides=[f"teacher.cache_dir={tmp_path}", "teacher.batch_size=128"])
+    small = load_config(overrides=[f"teacher.cache_dir={tmp_path}", "teacher.batch_size=128", "data.train_size=100"])
+    assert teacher_file(small) == teacher_file(full)  # one teacher, trained on the whole training split
+    assert _teacher_config(small).data.train_size is None
+    assert _teacher_config(small).optim.batch_size == 128 and small.optim.batch_size == 64

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from iakd.search import storage
+from iakd.search.runner import confirmation
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "tune" / "configs" / "digits.yaml"
@@ -19,8 +20,12 @@ EPOCHS = 2
 
 def tiny(tmp):
     return ["num_samples=3", f"run.optim.epochs={EPOCHS}", "run.teacher.epochs=1", "run.data.image_size=8",
-            "run.teacher.arch=resnet20", "scheduler.grace_period=1", f"storage_path={tmp}/ray",
-            f"tracking_uri=sqlite:///{tmp}/mlflow.db"]
+            "run.teacher.arch=resnet20", "scheduler.grace_period=1",
+            "confirm.top_k=0", f"storage_path={tmp}/ray", f"tracking_uri=sqlite:///{tmp}/mlflow.db"]
+
+
+# The module's sweep confirms its best trial and the baselines on two fresh seeds, then writes its report.
+CONFIRM = ["confirm.top_k=1", "confirm.seeds=[1, 2]"]
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +39,18 @@ def sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep")
     ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths must stay < 107 characters
     previous = {key: os.environ.get(key) for key in ("RAY_TMPDIR", "TMPDIR")}
+    cwd = os.getcwd()
     # TMPDIR: the workers' node-local copies of files shared through the storage URI go there.
     os.environ.update(RAY_TMPDIR=ray_tmp, TMPDIR=str(tmp / "node"))
     (tmp / "node").mkdir()
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         # Storage behind a URI (file:// takes the same pyarrow path as s3://): the teacher is published there.
-        overrides = [*tiny(tmp), f"storage_path=file://{tmp}/store", f"run.teacher.cache_dir={tmp}/driver"]
+        overrides = [*tiny(tmp), *CONFIRM, f"storage_path=file://{tmp}/store", f"run.teacher.cache_dir={tmp}/driver"]
+        os.chdir(tmp)  # the report goes to ./analysis_out/<experiment>
         summary = run_search(load_experiment(CONFIG, overrides), verbose=0, log=lambda _: None)
     finally:
+        os.chdir(cwd)
         ray.shutdown()
         for key, value in previous.items():
             os.environ.pop(key, None) if value is None else os.environ.update({key: value})
@@ -67,13 +75,47 @@ def test_every_trial_and_baseline_has_exactly_one_finished_child_run(sweep):
     summary, _, _, runs = sweep
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == summary.parent_run_id]
     roles = sorted(r.data.tags["iakd.role"] for r in children)
-    assert roles == ["baseline", "baseline", "search", "search", "search"]
+    assert roles == ["baseline"] * 2 + ["confirm"] * 6 + ["search"] * 3
     assert all(r.info.status == "FINISHED" for r in children)
     trial_ids = [r.data.tags["iakd.trial_id"] for r in children]
-    assert len(set(trial_ids)) == len(trial_ids) == 5
+    assert len(set(trial_ids)) == len(trial_ids) == 11
     searched = {r.info.run_name: r.info.run_id for r in children if r.data.tags["iakd.role"] == "search"}
     assert searched == {t.name: t.run_id for t in summary.trials}  # the summary finds each run by its trial id
     assert sorted(r.data.tags["method"] for r in children if r.data.tags["iakd.role"] == "baseline") == ["ce", "kd"]
+
+
+def test_the_best_trial_and_the_baselines_are_confirmed_once_on_each_fresh_seed(sweep):
+    summary, text, _, runs = sweep
+    confirm = [r for r in runs if r.data.tags.get("iakd.role") == "confirm"]
+    best = summary.best  # by validation score: test accuracy plays no part in the choice
+    assert summary.best.score == max(t.score for t in summary.trials)
+    done = sorted((r.data.tags["iakd.candidate"], r.data.params["seed"]) for r in confirm)
+    assert done == sorted((c, s) for c in (best.name, "ce", "kd") for s in ("1", "2"))
+    for run in confirm:
+        params, candidate = run.data.params, run.data.tags["iakd.candidate"]
+        if candidate == best.name:  # the searched configuration, trained again on another seed
+            assert {k: params[k] for k in best.overrides} == {k: str(v) for k, v in best.overrides.items()}
+        else:  # a baseline, with its own standard weights
+            assert params["method.name"] == candidate and params["method.kd_weight"] == "None"
+        assert run.info.run_name == f"confirm_{candidate}_seed{params['seed']}"
+    assert [g.label for g in confirmation(summary.confirmed)] == [best.name, "ce", "kd"]
+    assert "Confirmed on seeds 1, 2" in text and "test_acc - kd" in text
+
+
+def test_the_search_experiment_opens_as_model_development_in_the_ui(sweep):
+    summary, _, client, _ = sweep
+    experiment = client.get_experiment(summary.experiment_id)
+    assert experiment.name == "iakd-digits"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_the_parent_run_holds_the_report_and_its_plots(sweep):
+    summary, _, client, _ = sweep
+    parent = client.get_run(summary.parent_run_id)
+    assert parent.data.tags["iakd.analysis"] == "done"
+    logged = {a.path for a in client.list_artifacts(summary.parent_run_id, "analysis")}
+    assert {"analysis/report.md", "analysis/runs.parquet", "analysis/epochs.parquet",
+            "analysis/confirmation.png"} <= logged
 
 
 def test_child_runs_hold_params_tags_and_per_epoch_histories(sweep):
@@ -125,6 +167,8 @@ def test_summary_names_the_best_trial_beside_the_baselines(sweep):
     assert "ce (seed 0)" in text and "kd (seed 0)" in text
     assert "best val_acc" in text and "last test_acc" in text  # the columns say which metric they hold
     assert f"mlflow ui --backend-store-uri {summary.tracking_uri}" in text
+    # the link opens the runs table (MLflow 3's UI would land on its GenAI overview otherwise)
+    assert f"/#/experiments/{summary.experiment_id}/runs?workflowType=machine_learning" in text
 
 
 def _search_main():
@@ -140,9 +184,9 @@ def _search_main():
         (["num_samples=0"], "error: num_samples: 0 is not allowed; must be >= 1"),
         (["run.schedule.p0=2"], "error: run.schedule.p0: 2.0 is outside [0, 1]"),
         (["run.optim.lrr=0.1"], "error: run.optim.lrr: unknown key; did you mean 'lr'?"),
-        (["run.method.granularity=4"], "error: run.method.granularity: 4 is impossible for resnet32 -> resnet14: "
-                                       "stage 0 has 2 student and 5 teacher blocks, fewer than the 4 units asked for"),
-        (["run.student.arch=vgg8"], "error: run.student.arch: 'vgg8' has 5 stages and teacher.arch 'resnet32' 3; "
+        (["run.method.granularity=4"], "error: run.method.granularity: 4 is impossible for resnet56 -> resnet14: "
+                                       "stage 0 has 2 student and 9 teacher blocks, fewer than the 4 units asked for"),
+        (["run.student.arch=vgg8"], "error: run.student.arch: 'vgg8' has 5 stages and teacher.arch 'resnet56' 3; "
                                     "swapping needs the same number"),
         (["run.method.kd_weight=0.3"], "error: run.method.kd_weight: 0.3 is not allowed; method.name=iakd has no KD "
                                        "term; use method.name=iakd+kd to add one, or leave method.kd_weight unset"),

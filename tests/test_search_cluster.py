@@ -68,6 +68,7 @@ def test_trials_spread_over_both_nodes_and_fall_back_to_the_cpu(two_node_cluster
     experiment = load_experiment(CONFIG, [
         f"num_samples={SAMPLES}", f"max_concurrent={SAMPLES}", "scheduler.name=none", f"run.optim.epochs={EPOCHS}",
         "run.teacher.epochs=1", "run.data.image_size=8", "run.teacher.arch=resnet20", "baselines.methods=[]",
+        "confirm.top_k=0", "analysis=false",
         "resources.cpu=1", "resources.gpu=0.5", f"storage_path={tmp_path}/ray",
         f"tracking_uri=sqlite:///{tmp_path}/mlflow.db",
     ])

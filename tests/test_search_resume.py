@@ -18,16 +18,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from search_process import Search, until
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "tune" / "search.py"
 SAMPLES = 3
 EPOCHS = 3
 EXPERIMENT = "iakd-digits"
@@ -36,51 +34,8 @@ EXPERIMENT = "iakd-digits"
 def _overrides(tmp: Path) -> list[str]:
     return [f"num_samples={SAMPLES}", "max_concurrent=1", "scheduler.name=none", f"run.optim.epochs={EPOCHS}",
             "run.teacher.epochs=1", "run.data.image_size=8", "run.teacher.arch=resnet20", "baselines.methods=[ce]",
+            "run.data.train_size=null", "confirm.top_k=1", "confirm.seeds=[1]", "analysis=false",
             f"storage_path={tmp}/ray", f"tracking_uri=sqlite:///{tmp}/mlflow.db"]
-
-
-class Search:
-    """``python tune/search.py ...`` in its own process group, its output in files (no pipe to fill up)."""
-
-    def __init__(self, tmp: Path, name: str, args: list[str], env: dict[str, str]):
-        self.out, self.err = tmp / f"{name}.out", tmp / f"{name}.err"
-        with open(self.out, "w") as out, open(self.err, "w") as err:
-            self.proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=tmp, env=env, stdout=out,
-                                         stderr=err, start_new_session=True)
-
-    def stdout(self) -> str:
-        return self.out.read_text()
-
-    def tail(self) -> str:
-        return f"--- stdout ---\n{self.stdout()[-3000:]}\n--- stderr ---\n{self.err.read_text()[-3000:]}"
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            pytest.fail(f"tune/search.py did not exit within {timeout:.0f}s\n{self.tail()}")
-
-    def kill(self) -> None:
-        """SIGKILL the process group: the driver and whatever Ray processes it left behind."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=30)
-
-
-def _until(condition, timeout: float, search: Search, what: str):
-    """Poll ``condition`` until it returns something truthy; fail on the deadline or if the search exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if search.proc.poll() is not None:
-            pytest.fail(f"tune/search.py exited with {search.proc.returncode} before {what}\n{search.tail()}")
-        time.sleep(0.25)
-    pytest.fail(f"no {what} within {timeout:.0f}s\n{search.tail()}")
 
 
 @pytest.fixture
@@ -106,7 +61,7 @@ def test_an_interrupted_sweep_finishes_with_resume(tmp_path, env):
     first = Search(tmp_path, "first", overrides, env)
     try:
         # The database exists (created and migrated under the project's lock) once the parent run is logged.
-        _until(lambda: "MLflow: experiment" in first.stdout(), 180, first, "parent run")
+        until(lambda: "MLflow: experiment" in first.stdout(), 180, first, "parent run")
         client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
         experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
 
@@ -123,7 +78,7 @@ def test_an_interrupted_sweep_finishes_with_resume(tmp_path, env):
             return next((r for r in runs
                          if r.info.status == "RUNNING" and 1 <= r.data.metrics.get("epochs", 0) < EPOCHS), None)
 
-        running = _until(mid_training, 240, first, "searched trial in the middle of its training")
+        running = until(mid_training, 240, first, "searched trial in the middle of its training")
         # Into the next epoch, leaving the driver time to take in the checkpoint of the one just reported.
         time.sleep(min(max(1.0, 0.5 * running.data.metrics.get("epoch_seconds", 1.0)), 5.0))
         first.proc.send_signal(signal.SIGINT)
@@ -180,9 +135,14 @@ def test_an_interrupted_sweep_finishes_with_resume(tmp_path, env):
     baselines = client.search_runs([experiment_id], "tags.`iakd.role` = 'baseline'")
     assert [r.info.status for r in baselines] == ["FINISHED"]
 
+    # The confirmation stage ran after the resumed search: the best trial and the baseline, once each.
+    confirm = client.search_runs([experiment_id], "tags.`iakd.role` = 'confirm'")
     parents = client.search_runs([experiment_id], "tags.`iakd.role` = 'sweep'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     tags = parents[0].data.tags
+    assert sorted(r.data.tags["iakd.candidate"] for r in confirm) == sorted([tags["best_trial"], "ce"])
+    assert [r.info.status for r in confirm] == ["FINISHED"] * 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in confirm} == {parents[0].info.run_id}
     assert tags["iakd.interrupted"] == "false"
     assert tags["best_trial"] in {r.info.run_name for r in runs}
     assert f"Search {EXPERIMENT!r}: {SAMPLES} trials, 1 baselines" in text

@@ -35,8 +35,11 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: $IAKD_STORAGE_PATH, else the config's)")
     parser.add_argument("--address", help="Ray cluster address; 'auto' joins a running cluster")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted experiment (Tuner.restore)")
+    parser.add_argument("--no-analysis", action="store_true",
+                        help="skip the report (tables, plots, report.md) at the end; python analysis/ablations.py "
+                             "makes it later")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides before, between or after the flags
     flags = {"num_samples": args.num_samples, "run.optim.epochs": args.epochs, "experiment": args.experiment,
              "tracking_uri": args.tracking_uri, "storage_path": args.storage_path}
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     try:
         experiment = load_experiment(args.config, overrides)
-        summary = run_search(experiment, resume=args.resume, address=args.address)
+        summary = run_search(experiment, resume=args.resume, address=args.address, analysis=not args.no_analysis)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

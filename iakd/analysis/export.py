@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy.engine import make_url
 
 from iakd import tracking
+from iakd.checkpoint import atomic_path
 from iakd.errors import ConfigError
 from iakd.schedules import FAMILIES
 
@@ -304,8 +305,9 @@ def write_tables(sweep: Sweep, out_dir: str | Path) -> tuple[Path, Path]:
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     runs_path, epochs_path = folder / "runs.parquet", folder / "epochs.parquet"
-    pq.write_table(sweep.runs, runs_path)
-    pq.write_table(sweep.epochs, epochs_path)
+    for table, path in ((sweep.runs, runs_path), (sweep.epochs, epochs_path)):
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
     return runs_path, epochs_path
 
 

@@ -35,6 +35,7 @@ from matplotlib.ticker import MaxNLocator
 from iakd import schedules
 from iakd.analysis.export import usable
 from iakd.analysis.stats import Interval, mean_interval, paired_difference
+from iakd.checkpoint import atomic_path
 from iakd.errors import ConfigError
 
 __all__ = [
@@ -221,7 +222,8 @@ def _figure(width: float = 9.0, height: float = 5.0, ncols: int = 1, sharey: boo
 def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=_DPI)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=_DPI, format="png")
     return path
 
 

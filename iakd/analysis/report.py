@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from iakd.analysis import plots
 from iakd.analysis.export import Sweep, default_out_dir, exclusions, load_sweep, usable, write_tables
 from iakd.analysis.stats import Interval, mean_interval, paired_difference
+from iakd.checkpoint import write_text_atomic
 from iakd.errors import ConfigError
 
 __all__ = ["ARTIFACT_PATH", "REPORT_NAME", "analyse", "write_report"]
@@ -222,7 +223,7 @@ def write_report(sweep: Sweep, out_dir: str | Path) -> Path:
              + ["## Files", "", "`runs.parquet` (one row per run, every outcome) and `epochs.parquet` (one row per "
                 "run and epoch), written by `iakd.analysis.export`.", ""])
     path = folder / REPORT_NAME
-    path.write_text("\n".join(lines), encoding="utf-8")
+    write_text_atomic(path, "\n".join(lines))
     return path
 
 

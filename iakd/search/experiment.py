@@ -19,7 +19,8 @@ from iakd.models import blocks_per_stage
 from iakd.search.space import SearchSpace, build_space
 from iakd.units import canonical_granularity, valid_granularities
 
-__all__ = ["SchedulerConfig", "BaselineConfig", "ResourceConfig", "ExperimentConfig", "Experiment", "load_experiment"]
+__all__ = ["SchedulerConfig", "BaselineConfig", "ConfirmConfig", "ResourceConfig", "ExperimentConfig", "Experiment",
+           "load_experiment"]
 
 
 @dataclass
@@ -33,6 +34,12 @@ class SchedulerConfig:
 class BaselineConfig:
     methods: list[str] = field(default_factory=lambda: ["ce", "kd"])
     seeds: list[int] = field(default_factory=lambda: [0])
+
+
+@dataclass
+class ConfirmConfig:
+    top_k: int = 3  # the best searched configurations (on the search metric) re-trained; 0 turns the stage off
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])  # fresh seeds, the same for every configuration
 
 
 @dataclass
@@ -51,10 +58,12 @@ class ExperimentConfig:
     searcher_seed: int = 0
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
     resources: ResourceConfig = field(default_factory=ResourceConfig)
     tracking_uri: str = "sqlite:///mlflow.db"
     storage_path: str = "ray_results"
     max_failures: int = 2  # retries of a trial whose worker died; it resumes from its last checkpoint
+    analysis: bool = True  # at the end: Parquet tables, ablation plots and report.md on the parent run
     run: dict[str, Any] = field(default_factory=dict)  # the base run config (see iakd.config.TrainConfig)
     space: dict[str, Any] = field(default_factory=dict)
 
@@ -92,6 +101,12 @@ def _check(cfg: ExperimentConfig) -> None:
     for m in cfg.baselines.methods:
         if m not in METHODS:
             fail("baselines.methods", m, f"each one of {', '.join(METHODS)}")
+    if cfg.confirm.top_k < 0:
+        fail("confirm.top_k", cfg.confirm.top_k, "must be >= 0 (0: no confirmation stage)")
+    if cfg.confirm.top_k > 0 and (not cfg.confirm.seeds or len(set(cfg.confirm.seeds)) != len(cfg.confirm.seeds)):
+        fail("confirm.seeds", cfg.confirm.seeds, "a non-empty list of distinct seeds")
+    if any(seed < 0 for seed in cfg.confirm.seeds):
+        fail("confirm.seeds", cfg.confirm.seeds, "seeds must be >= 0")
     if cfg.resources.cpu <= 0 or cfg.resources.gpu < 0:
         fail("resources", to_dict(cfg.resources), "cpu > 0 and gpu >= 0")
     if cfg.resources.gpu > 1 and cfg.resources.gpu != int(cfg.resources.gpu):
@@ -143,6 +158,9 @@ def validate(values: Mapping[str, Any]) -> Experiment:
     if METHODS[base.method.name].uses_swap and base.method.granularity not in valid:
         raise ConfigError(f"run.method.granularity: {base.method.granularity!r} is impossible for {pair}; "
                           f"valid: {', '.join(map(str, valid))}")
+    if cfg.confirm.top_k > 0 and base.seed in cfg.confirm.seeds:
+        raise ConfigError(f"confirm.seeds: {cfg.confirm.seeds!r} holds run.seed {base.seed}, the search's own seed; "
+                          "confirmation needs fresh seeds (the search's seed favours the configurations it picked)")
     space = build_space(_canonical_granularities(cfg.space, base.student.arch, base.teacher.arch, pair),
                         valid_granularities=valid)
     # Paths the trials read, made absolute now (trials run in their own folders, maybe on other nodes).

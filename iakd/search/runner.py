@@ -22,19 +22,31 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from iakd import tracking
+from iakd.analysis.stats import Interval, mean_interval, paired_difference
 from iakd.checkpoint import load_file
 from iakd.config import TrainConfig, to_dict
 from iakd.engine import evaluate, load_data, prepare_teacher, teacher_file, teacher_warning
-from iakd.errors import ConfigError
 from iakd.methods import METHODS
-from iakd.search import storage
-from iakd.search.experiment import Experiment
-from iakd.search.trainable import TRIAL_TAG, CloseTrialRuns, TrialContext, baseline_name, run_trial, trial_name
+from iakd.search import preflight, storage
+from iakd.search.experiment import Experiment, ExperimentConfig
+from iakd.search.trainable import (
+    CANDIDATE_KEY,
+    TRIAL_TAG,
+    CloseTrialRuns,
+    TrialContext,
+    baseline_name,
+    confirm_name,
+    run_trial,
+    trial_name,
+)
 from iakd.teachers import load_teacher
 
-__all__ = ["TrialSummary", "SearchSummary", "run_search", "share_teacher", "format_summary"]
+__all__ = ["TrialSummary", "SearchSummary", "ConfirmedGroup", "run_search", "share_teacher", "format_summary",
+           "confirm_candidates", "confirmation", "check_teacher"]
 
 SWEEP_TAG = "iakd.sweep"
+# A baseline trains with its method's standard loss weights, whatever the base run sets for IAKD.
+BASELINE_WEIGHTS: dict[str, Any] = {"method.ce_weight": None, "method.kd_weight": None}
 METHODS_USING_TEACHER = frozenset(name for name, cls in METHODS.items() if cls.uses_teacher)
 
 
@@ -58,6 +70,8 @@ class SearchSummary:
     baselines: list[TrialSummary] = field(default_factory=list)
     trials: list[TrialSummary] = field(default_factory=list)
     interrupted: bool = False
+    confirmed: list[TrialSummary] = field(default_factory=list)  # one per (candidate, seed)
+    experiment_id: str = ""
 
 
 def _summaries(results: tune.ResultGrid, metric: str, mode: str, run_ids: dict[str, str]) -> list[TrialSummary]:
@@ -93,17 +107,28 @@ def run_search(
     address: str | None = None,
     log: Callable[[str], None] = print,
     verbose: int = 1,
+    analysis: bool = True,
 ) -> SearchSummary:
-    """Run (or with ``resume`` continue) the whole experiment and return its summary."""
+    """Run (or with ``resume`` continue) the whole experiment and return its summary.
+
+    Stages: the baselines, the search, the confirmation of the best configurations on fresh seeds, then (with
+    ``analysis`` and the experiment's ``analysis`` key) the report, logged to the sweep's parent run.
+    """
     cfg = experiment.config
     uri = tracking.absolute_uri(cfg.tracking_uri)
     name = cfg.experiment
-    search_path = f"{cfg.storage_path}/{name}"
-    baseline_path = f"{cfg.storage_path}/{name}-baselines"
-    if resume and not (tune.Tuner.can_restore(search_path) or tune.Tuner.can_restore(baseline_path)):
-        raise ConfigError(f"--resume: nothing to resume under {cfg.storage_path} for experiment {name!r}")
-
     base = experiment.base
+    # Everything external first: a bad path, a server that is down or a missing file is one line, in seconds.
+    preflight.check_storage(cfg.storage_path)
+    preflight.check_tracking_uri(uri)
+    preflight.check_address(address)
+    preflight.check_run_inputs(base)
+    # --resume continues what there is: the Tune stages that were stored, and the newest parent run.
+    reuse_parent = resume
+    if resume and not any(tune.Tuner.can_restore(p) for p in _stage_paths(cfg)):
+        log(f"--resume: nothing to resume under {cfg.storage_path} for experiment {name!r}; starting it")
+        resume = False
+
     teacher_path = share_teacher(base, cfg.storage_path, log=log)
     warning = check_teacher(base, teacher_path) if METHODS_USING_TEACHER & _methods_in(experiment) else None
     if warning:
@@ -111,7 +136,10 @@ def run_search(
 
     parent_tags = {SWEEP_TAG: name, "iakd.role": "sweep", "teacher": base.teacher.arch, "student": base.student.arch,
                    "dataset": base.data.name, **({"teacher_warning": warning} if warning else {})}
-    previous = tracking.find_run(uri, name, {SWEEP_TAG: name, "iakd.role": "sweep"}) if resume else None
+    previous = tracking.find_run(uri, name, {SWEEP_TAG: name, "iakd.role": "sweep"})
+    superseded = None
+    if previous is not None and not reuse_parent:
+        superseded, previous = previous, None
     parent = tracking.start_parent_run(
         uri, name, run_name=f"sweep-{name}", run_id=previous, tags=parent_tags,
         params={"experiment": {k: v for k, v in to_dict(cfg).items() if k not in ("run", "space")},
@@ -119,6 +147,36 @@ def run_search(
         dicts={"search_space.yaml": experiment.space.to_dict(), "experiment.yaml": to_dict(cfg)},
     )
     log(f"MLflow: experiment {name!r}, parent run {parent} ({'resumed' if previous else 'new'}) at {uri}")
+    if superseded is not None:
+        # A new sweep of the same experiment: the earlier parent stays (with its trials) but says it is not
+        # the current one, and analysis takes the newest parent.
+        tracking.supersede_run(uri, superseded, by=parent)
+        log(f"MLflow: the earlier sweep's parent run {superseded} is superseded by {parent} (use --resume to "
+            "continue a sweep instead)")
+    try:
+        return _run_stages(experiment, parent, uri, teacher_path, warning, resume=resume, address=address, log=log,
+                           verbose=verbose, analysis=analysis)
+    except BaseException as error:
+        # Whatever ends the driver (an error, Ctrl-C outside Tune, a failed trial that ends the sweep) closes
+        # the parent with the right status: no sweep stays RUNNING.
+        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        tracking.finish_parent_run(uri, parent, tags={"iakd.error": f"{type(error).__name__}: {error}"[:500]},
+                                   status=status)
+        raise
+
+
+def _stage_paths(cfg: ExperimentConfig) -> tuple[str, str, str]:
+    """Where Tune keeps each stage's experiment: baselines, search, confirmation."""
+    name = f"{cfg.storage_path}/{cfg.experiment}"
+    return f"{name}-baselines", name, f"{name}-confirm"
+
+
+def _run_stages(experiment: Experiment, parent: str, uri: str, teacher_path: str, warning: str | None, *,
+                resume: bool, address: str | None, log: Callable[[str], None], verbose: int,
+                analysis: bool) -> SearchSummary:
+    """The stages of a sweep whose parent run is open: baselines, search, confirmation, analysis."""
+    cfg, base, name = experiment.config, experiment.base, experiment.config.experiment
+    baseline_path, search_path, confirm_path = _stage_paths(cfg)
 
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=verbose > 1)
@@ -131,8 +189,8 @@ def run_search(
                               failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                               checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
 
-    def trainable(role: str):
-        context = TrialContext(base_dict, teacher_path, uri, name, parent, role, warning)
+    def trainable(role: str, candidates: dict[str, dict[str, Any]] | None = None):
+        context = TrialContext(base_dict, teacher_path, uri, name, parent, role, warning, candidates)
         return tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
 
     interrupted = False
@@ -140,7 +198,7 @@ def run_search(
     if cfg.baselines.methods:
         # Each baseline with its own standard loss weights, whatever the base run sets for IAKD.
         grid = {"method.name": tune.grid_search(list(cfg.baselines.methods)),
-                "seed": tune.grid_search(list(cfg.baselines.seeds)), "method.ce_weight": None, "method.kd_weight": None}
+                "seed": tune.grid_search(list(cfg.baselines.seeds)), **BASELINE_WEIGHTS}
         tuner = _tuner(baseline_path, trainable("baseline"), grid,
                        tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, max_concurrent_trials=cfg.max_concurrent,
                                        trial_name_creator=baseline_name, trial_dirname_creator=baseline_name),
@@ -170,6 +228,20 @@ def run_search(
         interrupted |= _unfinished(results, cfg.num_samples)
 
     best = max(trials, key=lambda t: t.score if cfg.mode == "max" else -t.score, default=None)
+    confirmed: list[TrialSummary] = []
+    if not interrupted and cfg.confirm.top_k > 0 and trials:
+        # The best configurations on the search metric (validation), and the baselines, trained again on the
+        # same fresh seeds: a searched best on one seed is a lucky draw as often as not.
+        candidates = confirm_candidates(trials, cfg.confirm.top_k, cfg.mode, cfg.baselines.methods)
+        grid = {CANDIDATE_KEY: tune.grid_search(list(candidates)), "seed": tune.grid_search(list(cfg.confirm.seeds))}
+        tuner = _tuner(confirm_path, trainable("confirm", candidates), grid,
+                       tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, max_concurrent_trials=cfg.max_concurrent,
+                                       trial_name_creator=confirm_name, trial_dirname_creator=confirm_name),
+                       run_config(f"{name}-confirm"), resume)
+        confirm_results = tuner.fit()
+        confirmed = _summaries(confirm_results, cfg.metric, cfg.mode, _run_ids(uri, parent))
+        interrupted |= _unfinished(confirm_results, len(candidates) * len(cfg.confirm.seeds))
+
     if interrupted:
         # Not the end of the sweep: close what is open as KILLED; --resume re-opens the same runs.
         tracking.finish_parent_run(uri, parent, tags={"iakd.interrupted": "true"}, status="KILLED")
@@ -182,8 +254,13 @@ def run_search(
                          "best_config": ", ".join(f"{k}={_fmt(v)}" for k, v in best.overrides.items())})
         for b in baselines:
             metrics[f"baseline_{b.overrides.get('method.name')}_seed{b.overrides.get('seed')}_{cfg.metric}"] = b.score
+        for group in confirmation(confirmed):
+            metrics[f"confirm_{group.label}_test_acc_mean"] = group.test.mean
+        if cfg.analysis and analysis:
+            tags["iakd.analysis"] = _analyse(uri, parent, name, log)
         tracking.finish_parent_run(uri, parent, metrics=metrics, tags=tags)
-    return SearchSummary(name, parent, uri, cfg.metric, best, baselines, trials, interrupted)
+    return SearchSummary(name, parent, uri, cfg.metric, best, baselines, trials, interrupted, confirmed,
+                         tracking.connect(uri, name))
 
 
 def share_teacher(base: TrainConfig, storage_path: str, *, log: Callable[[str], None] = print) -> str:
@@ -252,13 +329,63 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()[:12]
 
 
+def confirm_candidates(trials: list[TrialSummary], top_k: int, mode: str,
+                       baselines: list[str]) -> dict[str, dict[str, Any]]:
+    """Label -> dotted overrides of what the confirmation re-trains: the ``top_k`` searched trials by their
+    score on the search metric (validation; ties keep the search's order), then each baseline method."""
+    ranked = sorted(trials, key=lambda t: -t.score if mode == "max" else t.score)[:top_k]
+    candidates = {t.name: dict(t.overrides) for t in ranked}
+    candidates.update({method: {"method.name": method, **BASELINE_WEIGHTS} for method in baselines})
+    return candidates
+
+
+@dataclass(frozen=True)
+class ConfirmedGroup:
+    """One confirmed configuration over its seeds: validation and test accuracy as mean with a 95 % interval,
+    and the test accuracy's difference to KD paired by seed (None without a KD baseline)."""
+
+    label: str
+    seeds: tuple[int, ...]
+    val: Interval
+    test: Interval
+    vs_kd: Interval | None
+
+
+def confirmation(confirmed: list[TrialSummary]) -> list[ConfirmedGroup]:
+    """The confirmation runs grouped by candidate, in the order they were proposed."""
+    by_label: dict[str, dict[int, TrialSummary]] = {}
+    for t in confirmed:
+        by_label.setdefault(str(t.overrides[CANDIDATE_KEY]), {})[int(t.overrides["seed"])] = t
+    kd = {seed: t.last_test_acc for seed, t in by_label.get("kd", {}).items()}
+    groups = []
+    for label, runs in by_label.items():
+        test = {seed: t.last_test_acc for seed, t in runs.items()}
+        groups.append(ConfirmedGroup(label, tuple(sorted(runs)), mean_interval([t.score for t in runs.values()]),
+                                     mean_interval(list(test.values())),
+                                     paired_difference(test, kd) if kd and label != "kd" else None))
+    return groups
+
+
+def _analyse(tracking_uri: str, parent: str, experiment: str, log: Callable[[str], None]) -> str:
+    """The sweep's report, logged to its parent run; a failure is reported, not raised: the sweep is done."""
+    try:
+        from iakd.analysis.report import analyse  # matplotlib and pandas: only when a report is made
+
+        report = analyse(tracking_uri, parent_run_id=parent, out_dir=Path("analysis_out") / experiment)
+    except Exception as error:  # noqa: BLE001 - the trials' results stand whatever the plots do
+        log(f"analysis failed ({type(error).__name__}: {error}); run python analysis/ablations.py to retry")
+        return "failed"
+    log(f"report: {report} (and in MLflow, on the parent run under analysis/)")
+    return "done"
+
+
 def _unfinished(results: tune.ResultGrid, expected: int) -> bool:
     """True when Tune returned before every trial ended (an interrupted experiment).
 
     On Ctrl-C Tune marks the trials it had not started yet as terminated in the result it returns, so a
     terminated trial that never reported an epoch counts as unfinished too (ours report every epoch).
     """
-    never_ran = sum(1 for r in results if r.error is None and not r.metrics)
+    never_ran = sum(1 for r in results if r.error is None and "epoch" not in (r.metrics or {}))
     return results.num_terminated + results.num_errors - never_ran < expected
 
 
@@ -281,7 +408,20 @@ def format_summary(summary: SearchSummary) -> str:
         width = max(10, len(best))
         lines.append(f"    {'':<18} {best:>{width}} {'last test_acc':>13} {'epochs':>6}")
         lines += [f"    {label:<18} {t.score:>{width}.2f} {t.last_test_acc:>13.2f} {t.epochs:>6}" for label, t in rows]
+    groups = confirmation(summary.confirmed)
+    if groups:
+        seeds = ", ".join(map(str, groups[0].seeds))
+        lines.append(f"Confirmed on seeds {seeds} (mean ± 95 % interval; selection was on {summary.metric}, "
+                     "test_acc is the last epoch's, reported only):")
+        lines.append(f"    {'':<28} {'best ' + summary.metric:>16} {'test_acc':>16} {'test_acc - kd':>16}")
+        for g in groups:
+            vs_kd = g.vs_kd.format(signed=True) if g.vs_kd is not None else ""
+            lines.append(f"    {g.label:<28} {g.val.format():>16} {g.test.format():>16} {vs_kd:>16}")
     uri = summary.tracking_uri
-    browse = f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else f"open {uri}"
-    lines.append(f"Browse the runs: {browse}")
+    # The runs table, not MLflow 3's GenAI overview (which the UI opens without workflowType).
+    page = f"#/experiments/{summary.experiment_id}/runs?workflowType=machine_learning"
+    if uri.startswith("http"):
+        lines.append(f"Browse the runs: {uri.rstrip('/')}/{page}")
+    else:
+        lines.append(f"Browse the runs: mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000/{page}")
     return "\n".join(lines)

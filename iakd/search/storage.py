@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import uuid
 from pathlib import Path
 
 import pyarrow.fs
@@ -37,10 +38,21 @@ def exists(location: str) -> bool:
 
 
 def upload(local: str | Path, location: str) -> str:
-    """Copy a local file to ``location`` (its folders are made as needed); return ``location``."""
+    """Copy a local file to ``location`` (its folders are made as needed); return ``location``.
+
+    The copy goes to a temporary name beside it first and is then moved into place: a driver killed mid-upload
+    never leaves a partial file that later runs would take for the published one (object stores write whole
+    objects anyway; folders and NFS need the move).
+    """
     fs, path = _resolve(location)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    pyarrow.fs.copy_files(str(Path(local).resolve()), path, destination_filesystem=fs)
+    partial = f"{path}.{uuid.uuid4().hex}.partial"
+    pyarrow.fs.copy_files(str(Path(local).resolve()), partial, destination_filesystem=fs)
+    try:
+        fs.move(partial, path)
+    except BaseException:
+        fs.delete_file(partial)
+        raise
     return location
 
 

@@ -12,6 +12,7 @@ import contextlib
 import math
 import shutil
 import socket
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,14 +22,15 @@ import torch
 from ray import tune
 
 from iakd import tracking
-from iakd.checkpoint import load_file
+from iakd.checkpoint import copy_atomic, load_file
 from iakd.config import TrainConfig, from_dict, to_dict
 from iakd.engine import train
 from iakd.methods import METHODS
 from iakd.search import storage
 from iakd.search.space import apply_trial, trial_overrides
 
-__all__ = ["TrialContext", "run_trial", "trial_config", "trial_name", "baseline_name", "CloseTrialRuns"]
+__all__ = ["TrialContext", "run_trial", "trial_config", "trial_name", "baseline_name", "confirm_name",
+           "CloseTrialRuns", "CANDIDATE_KEY", "TRIAL_TAG"]
 
 TRIAL_TAG = "iakd.trial_id"
 # A confirmation trial's config names the configuration it re-trains (a searched trial's name, or a baseline
@@ -47,11 +49,17 @@ class TrialContext:
     parent_run_id: str
     role: str  # "search", "baseline" or "confirm"
     teacher_warning: str | None = None  # set by the driver when the teacher is near chance accuracy
+    # confirmation: candidate label -> its dotted overrides (a searched trial's, or a baseline method's)
+    candidates: dict[str, dict[str, Any]] | None = None
 
 
 def trial_config(context: TrialContext, config: dict[str, Any]) -> TrainConfig:
-    """The run config of one trial: the base config with the trial's dotted overrides."""
-    cfg = from_dict(apply_trial(context.base, trial_overrides(config)))
+    """The run config of one trial: the base config with the trial's dotted overrides (for a confirmation
+    trial, its candidate's overrides and then its own seed)."""
+    overrides = trial_overrides(config)
+    if CANDIDATE_KEY in config:
+        overrides = {**context.candidates[config[CANDIDATE_KEY]], **overrides}
+    cfg = from_dict(apply_trial(context.base, overrides))
     if context.teacher_path is not None:
         cfg.teacher.checkpoint = context.teacher_path
     return cfg
@@ -77,16 +85,22 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """Ray Tune function trainable: one IAKD (or baseline) training, reported and logged per epoch."""
     trial = tune.get_context()
     cfg = trial_config(context, config)
-    trial_dir = Path(trial.get_trial_dir())
-    cfg.out_dir = str(trial_dir / "run")
+    # The run's files live outside the trial folder: Tune copies that folder to storage as artifacts, which
+    # would copy every checkpoint a second time (and race with their atomic writes); the checkpoints reach
+    # storage through tune.report. The folder goes once the trial ends.
+    run_dir = Path(tempfile.mkdtemp(prefix=f"iakd-{trial.get_trial_id()}-"))
+    cfg.out_dir = str(run_dir)
     cfg.device = "cuda" if torch.cuda.is_available() else "cpu"  # a fake or absent GPU falls back to the CPU
     cpus = int(trial.get_trial_resources().required_resources.get("CPU", 1))
     torch.set_num_threads(max(1, cpus))
 
     checkpoint = tune.get_checkpoint()
     # as_directory: no copy for local storage, and a downloaded copy is removed when the trial ends
-    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as restored:
-        _train_and_log(cfg, context, trial, restored, config)
+    try:
+        with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as restored:
+            _train_and_log(cfg, context, trial, restored, config)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _train_and_log(cfg: TrainConfig, context: TrialContext, trial, restored: str | None, config: dict) -> None:
@@ -135,7 +149,7 @@ def _train_and_log(cfg: TrainConfig, context: TrialContext, trial, restored: str
     log_path = Path(cfg.out_dir) / "train.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     if restored is not None and (Path(restored) / "train.log").is_file():
-        shutil.copyfile(Path(restored) / "train.log", log_path)
+        copy_atomic(Path(restored) / "train.log", log_path)
     log_file = open(log_path, "a" if restored is not None else "w")
     try:
         if cfg.teacher.checkpoint:  # logged as the shared location; read from a node-local copy behind a URI
@@ -160,6 +174,11 @@ def trial_name(trial) -> str:
 
 def baseline_name(trial) -> str:
     return f"baseline_{trial.trial_id}"
+
+
+def confirm_name(trial) -> str:
+    """confirm_<candidate>_seed<seed>: what is re-trained, on which seed."""
+    return f"confirm_{trial.config[CANDIDATE_KEY]}_seed{trial.config['seed']}"
 
 
 class CloseTrialRuns(tune.Callback):

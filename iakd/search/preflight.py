@@ -1,0 +1,109 @@
+"""Checks at the door of a search: everything external, before any teacher training, Ray start or MLflow run.
+
+Each check raises a one-line :class:`ConfigError` that names the flag (and the config key behind it), so a
+typo in a path, a server that is down or a read-only folder costs a second, not minutes of retries and a
+traceback, and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from iakd.config import TrainConfig
+from iakd.data import check_data_folder
+from iakd.errors import ConfigError
+from iakd.search import storage
+
+__all__ = ["check_storage", "check_tracking_uri", "check_address", "check_run_inputs", "TIMEOUT_S"]
+
+# How long a server may take to answer before it counts as down.
+TIMEOUT_S = 5.0
+
+
+def _writable_folder(folder: Path, what: str) -> None:
+    """``folder`` is a writable folder, or could be made as one: its nearest existing ancestor is a writable
+    folder. Nothing is created here (a refused search leaves nothing behind)."""
+    existing = folder.resolve()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{what}: {folder} is not a writable folder ({existing} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what}: {folder} is not a writable folder ({existing} is read-only)")
+
+
+def check_storage(storage_path: str) -> None:
+    """The Tune storage path: a writable folder, or a URI whose filesystem answers."""
+    what = "--storage-path (storage_path)"
+    if not storage.is_uri(storage_path):
+        _writable_folder(Path(storage_path), what)
+        return
+    try:
+        import pyarrow.fs
+
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(storage_path)
+        filesystem.get_file_info(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises many types; the message is what matters
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{what}: {storage_path} cannot be reached ({reason})") from None
+
+
+def check_tracking_uri(tracking_uri: str, timeout: float = TIMEOUT_S) -> None:
+    """The MLflow tracking URI: a sqlite file in a writable folder, or an http(s) server that answers."""
+    what = "--tracking-uri (tracking_uri)"
+    if tracking_uri.startswith("sqlite:"):
+        from iakd.tracking import _sqlite_file
+
+        database = _sqlite_file(tracking_uri)
+        if database is None:  # in-memory
+            return
+        _writable_folder(database.resolve().parent, what)
+        if database.exists() and not os.access(database, os.R_OK | os.W_OK):
+            raise ConfigError(f"{what}: {database} is not a readable and writable file")
+        return
+    if tracking_uri.startswith(("http://", "https://")):
+        url = tracking_uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                if response.status != 200:
+                    raise ConfigError(f"{what}: {tracking_uri} answered {response.status} at /health")
+        except ConfigError:
+            raise
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise ConfigError(f"{what}: no MLflow server answers at {tracking_uri} within {timeout:g} s "
+                              f"({reason})") from None
+        return
+    raise ConfigError(f"{what}: {tracking_uri!r} is not a sqlite:/// path or an http(s):// server")
+
+
+def check_address(address: str | None, timeout: float = TIMEOUT_S) -> None:
+    """A Ray cluster address (``host:port`` or ``ray://host:port``) whose port answers; ``auto``, ``local``
+    and None are left to Ray, which answers quickly for them."""
+    if address in (None, "auto", "local"):
+        return
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address: {address!r} is not host:port, ray://host:port, auto or local")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise ConfigError(f"--address: no Ray cluster answers at {address} within {timeout:g} s "
+                          f"({e.strerror or type(e).__name__})") from None
+
+
+def check_run_inputs(base: TrainConfig, key_prefix: str = "run.") -> None:
+    """The files a run reads: its dataset folder and its teacher file (when one is given)."""
+    try:
+        check_data_folder(base.data.name, base.data.dir, download=base.data.download)
+    except ConfigError as e:
+        raise ConfigError(f"{key_prefix}{e}") from None
+    checkpoint = base.teacher.checkpoint
+    if checkpoint and not storage.is_uri(checkpoint) and not Path(checkpoint).is_file():
+        raise ConfigError(f"{key_prefix}teacher.checkpoint: {checkpoint} not found")

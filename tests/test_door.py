@@ -1,0 +1,162 @@
+"""Bad input is refused at the door: one line naming the key, flag or file, exit code 2, and nothing started or
+written (no Ray session, no MLflow database or run, no teacher file, no output folder)."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from iakd import models
+from iakd.teachers import save_teacher
+from iakd.train import main as train_main
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["data.image_size=8", "optim.epochs=1", "optim.batch_size=64", "teacher.arch=resnet14", "student.arch=resnet8"]
+
+
+def _search_main():
+    spec = importlib.util.spec_from_file_location("search_script", ROOT / "tune" / "search.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Input files the bad cases point at: a config, broken and foreign teacher files, a resumable run."""
+    tmp = tmp_path_factory.mktemp("inputs")
+    (tmp / "run.yaml").write_text("method: {name: kd}\n")
+    (tmp / "corrupt.pth").write_bytes(b"not a torch file")
+    save_teacher(tmp / "cifar_teacher.pth", models.build("resnet14", 10), arch="resnet14", dataset="cifar10",
+                 num_classes=10, accuracy=90.0)
+    torch.save({"model": [1, 2, 3]}, tmp / "no_state_dict.pth")
+    (tmp / "a_file").write_text("")
+    # A finished one-epoch ce run to resume from (the catalogue's --resume cases compare against it).
+    assert train_main(["--config", str(tmp / "run.yaml"), "--out", str(tmp / "done"), *FAST, "method.name=ce"]) == 0
+    return tmp
+
+
+def _train_cases(f: Path) -> list[tuple[list[str], str]]:
+    run = ["--config", str(f / "run.yaml")]
+    return [
+        (["--config", str(f / "missing.yaml")], f"config file {f / 'missing.yaml'} not found"),
+        ([*run, "optim.lrr=0.1"], "optim.lrr: unknown key; did you mean 'lr'?"),
+        ([*run, "studnet.arch=resnet8"], "studnet: unknown key; did you mean 'student'?"),
+        ([*run, "student.arch=resnet9"], "student.arch: 'resnet9' is not allowed; known architectures: "),
+        ([*run, "method.name=fitnet"], "method.name: 'fitnet' is not allowed; known: ce, kd, iakd, iakd+kd"),
+        ([*run, "method.name=iakd", "method.granularity=4"],
+         "method.granularity: 4 is impossible for resnet20 -> resnet8: stage 0 has 1 student and 3 teacher blocks"),
+        ([*run, "method.name=iakd", "student.arch=vgg8"],
+         "student.arch: 'vgg8' has 5 stages and teacher.arch 'resnet20' 3; swapping needs the same number"),
+        ([*run, "method.name=iakd", "method.kd_weight=0.5"], "method.kd_weight: 0.5 is not allowed; method.name=iakd "
+                                                             "has no KD term"),
+        ([*run, "schedule.p0=1.5"], "schedule.p0: 1.5 is outside [0, 1]"),
+        ([*run, "schedule.family=sawtooth"], "schedule.family: 'sawtooth' is unknown; known: constant, linear"),
+        ([*run, "optim.lr=nan"], "optim.lr: 'nan' is not a finite number"),
+        ([*run, "optim.weight_decay=.inf"], "optim.weight_decay: inf is not a finite number"),
+        ([*run, "optim.lr=0"], "optim.lr: 0.0 is not allowed; must be > 0"),
+        ([*run, "optim.epochs=ten"], "optim.epochs: 'ten' is not int"),
+        ([*run, "optim.milestones=[0.9, 0.5]"], "optim.milestones: [0.9, 0.5] is not allowed; must be increasing"),
+        ([*run, "seed=-1"], "seed: -1 is not allowed; must be in [0, 2**32)"),
+        ([*run, "data.split_seed=-3"], "data.split_seed: -3 is not allowed; must be in [0, 2**32)"),
+        ([*run, "data.val_fraction=1.0"], "data.val_fraction: 1.0 is not allowed; must be in [0, 1)"),
+        ([*run, "data.name=mnist"], "data.name: 'mnist' is not one of 'digits', 'cifar10', 'cifar100', 'imagefolder'"),
+        ([*run, "data.train_size=0"], "data.train_size: 0 is not allowed; must be > 0"),
+        ([*run, "data.name=cifar100", f"data.dir={f / 'nowhere'}"],
+         f"data.dir: {f / 'nowhere' / 'cifar-100-python'} not found"),
+        ([*run, "data.name=imagefolder", f"data.dir={f / 'nowhere'}"],
+         f"data.dir: {f / 'nowhere' / 'train'} not found"),
+        ([*run, "device=tpu"], "device: 'tpu' is not one of 'auto', 'cpu', 'cuda'"),
+        ([*run, "method.temperature=0"], "method.temperature: 0.0 is not allowed; must be > 0"),
+        ([*run, "optim.lr"], "override 'optim.lr': expected key=value"),
+        ([*run, *FAST, f"teacher.checkpoint={f / 'missing.pth'}"],
+         f"teacher.checkpoint: {f / 'missing.pth'} not found"),
+        ([*run, *FAST, f"teacher.checkpoint={f / 'corrupt.pth'}"],
+         f"teacher checkpoint {f / 'corrupt.pth'}: unreadable or corrupt"),
+        ([*run, *FAST, f"teacher.checkpoint={f / 'cifar_teacher.pth'}"],
+         f"teacher checkpoint {f / 'cifar_teacher.pth'}: was trained on 'cifar10', but data.name is 'digits'"),
+        ([*run, *FAST, f"teacher.checkpoint={f / 'no_state_dict.pth'}"],
+         f"teacher checkpoint {f / 'no_state_dict.pth'}: its 'model' entry is not a state dict"),
+        ([*run, "--out", str(f / "done"), "--resume", *FAST, "method.name=kd"],
+         f"--resume: method.name is 'kd' here but 'ce' in {f / 'done' / 'checkpoint.pt'}"),
+        ([*run, "--out", str(f / "done"), "--resume", *FAST, "method.name=ce", "optim.epochs=3"],
+         f"--resume: optim.epochs is 3 here but 1 in {f / 'done' / 'checkpoint.pt'}"),
+    ]
+
+
+def _search_cases(f: Path) -> list[tuple[list[str], str]]:
+    port = _closed_port()
+    return [
+        (["num_samples=0"], "num_samples: 0 is not allowed; must be >= 1"),
+        (["resources.gpu=1.5"], "resources.gpu: 1.5 is not allowed; a fraction <= 1 or a whole number of GPUs"),
+        (["confirm.top_k=-1"], "confirm.top_k: -1 is not allowed; must be >= 0"),
+        (["confirm.seeds=[0, 1]"], "confirm.seeds: [0, 1] holds run.seed 0, the search's own seed"),
+        (["run.optim.lr=nan"], "run.optim.lr: 'nan' is not a finite number"),
+        (["space.schedule.p0={low: 2, high: 3}"], "space.schedule.p0: 2.0 is outside [0, 1]"),
+        (["--storage-path", str(f / "a_file" / "ray")], f"--storage-path (storage_path): {f / 'a_file' / 'ray'} is not "
+                                                        "a writable folder"),
+        (["--tracking-uri", f"sqlite:///{f / 'a_file' / 'mlflow.db'}"],
+         f"--tracking-uri (tracking_uri): {f / 'a_file'} is not a writable folder"),
+        (["--tracking-uri", f"http://127.0.0.1:{port}"],
+         f"--tracking-uri (tracking_uri): no MLflow server answers at http://127.0.0.1:{port} within 5 s"),
+        (["--tracking-uri", "ftp://example"],
+         "--tracking-uri (tracking_uri): 'ftp://example' is not a sqlite:/// path"),
+        (["--address", f"127.0.0.1:{port}"], f"--address: no Ray cluster answers at 127.0.0.1:{port} within 5 s"),
+        (["--address", "nowhere"], "--address: 'nowhere' is not host:port, ray://host:port, auto or local"),
+        (["run.data.name=cifar100", f"run.data.dir={f / 'nowhere'}"],
+         f"run.data.dir: {f / 'nowhere' / 'cifar-100-python'} not found"),
+        (["run.teacher.checkpoint=/nowhere/teacher.pth"], "run.teacher.checkpoint: /nowhere/teacher.pth not found"),
+    ]
+
+
+def _nothing_started_or_written(cwd: Path) -> None:
+    import ray
+
+    assert not ray.is_initialized()
+    assert sorted(p.name for p in cwd.iterdir()) == []  # no mlflow.db, runs/, ray_results/, analysis_out/
+
+
+def test_the_catalogue_holds_at_least_30_cases(files):
+    assert len(_train_cases(files)) + len(_search_cases(files)) >= 30
+
+
+@pytest.mark.parametrize("index", range(31))
+def test_python_m_iakd_train_refuses_bad_input_with_one_line(index, files, tmp_path, monkeypatch, capsys):
+    args, message = _train_cases(files)[index]
+    monkeypatch.chdir(tmp_path)
+    done = {p: p.stat().st_mtime_ns for p in (files / "done").iterdir()}
+    assert train_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {message}"), err
+    _nothing_started_or_written(tmp_path)
+    assert {p: p.stat().st_mtime_ns for p in (files / "done").iterdir()} == done  # the resumable run untouched
+
+
+@pytest.mark.parametrize("index", range(14))
+def test_tune_search_refuses_bad_input_with_one_line(index, files, tmp_path, monkeypatch, capsys):
+    args, message = _search_cases(files)[index]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("IAKD_TRACKING_URI", raising=False)
+    monkeypatch.delenv("IAKD_STORAGE_PATH", raising=False)
+    assert _search_main()(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {message}"), err
+    _nothing_started_or_written(tmp_path)
+
+
+def test_overrides_may_stand_before_between_and_after_the_flags(tmp_path, files):
+    args = ["optim.epochs=1", "--config", str(files / "run.yaml"), "method.name=ce", "--out", str(tmp_path / "o"),
+            "data.image_size=8", "student.arch=resnet8"]
+    assert train_main(args) == 0
+    assert (tmp_path / "o" / "student.pt").is_file()

@@ -1,0 +1,67 @@
+"""The sweep's parent run is closed on every exit path, and a rerun of an experiment never silently adds a
+second open parent. The stages themselves are replaced here (no Ray): what is tested is the driver around them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from iakd.search import runner
+from iakd.search.experiment import load_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "tune" / "configs" / "digits.yaml"
+
+
+@pytest.fixture
+def experiment(tmp_path):
+    return load_experiment(CONFIG, [
+        "run.teacher.arch=resnet8", "run.teacher.epochs=1", "run.data.image_size=8", "run.optim.batch_size=64",
+        f"storage_path={tmp_path}/ray", f"tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        f"run.teacher.cache_dir={tmp_path}/teachers"])
+
+
+def _parents(experiment):
+    client = MlflowClient(experiment.config.tracking_uri)
+    found = client.get_experiment_by_name(experiment.config.experiment)
+    runs = client.search_runs([found.experiment_id], "tags.`iakd.role` = 'sweep'", order_by=["start_time ASC"])
+    return [(r.info.status, r.data.tags) for r in runs]
+
+
+@pytest.mark.parametrize("error, status", [(RuntimeError("storage exploded"), "FAILED"),
+                                           (KeyboardInterrupt(), "KILLED")])
+def test_an_error_after_the_parent_is_opened_closes_it_with_the_right_status(experiment, monkeypatch, error, status):
+    def stages(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(runner, "_run_stages", stages)
+    with pytest.raises(type(error)):
+        runner.run_search(experiment, log=lambda _: None)
+    ((found, tags),) = _parents(experiment)
+    assert found == status
+    assert tags["iakd.error"].startswith(type(error).__name__)
+
+
+def test_a_rerun_supersedes_the_earlier_parent_and_resume_continues_the_newest(experiment, monkeypatch):
+    seen = []
+
+    def stages(experiment, parent, *args, resume, **kwargs):
+        seen.append((parent, resume))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(runner, "_run_stages", stages)
+    lines = []
+    for resume in (False, False, True):
+        with pytest.raises(RuntimeError):
+            runner.run_search(experiment, resume=resume, log=lines.append)
+    parents = _parents(experiment)
+    assert len(parents) == 2  # the resumed run reopened the newest parent instead of adding one
+    (first_status, first_tags), (_, second_tags) = parents
+    assert first_tags["iakd.superseded_by"] == seen[1][0] and "iakd.superseded_by" not in second_tags
+    assert seen[2][0] == seen[1][0]
+    assert any(f"parent run {seen[0][0]} is superseded by {seen[1][0]}" in line for line in lines)
+    # --resume with nothing stored yet starts the sweep instead of refusing
+    assert seen[2][1] is False
+    assert any("nothing to resume" in line and "starting it" in line for line in lines)
