@@ -139,9 +139,9 @@ def evaluate(model: torch.nn.Module, split, batch_size: int = 256) -> float:
     model.eval()
     correct = 0
     for images, labels in split.batches(batch_size, shuffle=False, augment=False):
-        correct += (model(images).argmax(1) == labels).sum().item()
+        correct += (model(images).argmax(1) == labels).sum()  # stays on the device: one read at the end
     model.train(was_training)
-    return 100.0 * correct / len(split)
+    return 100.0 * int(correct) / len(split)
 
 
 def _lr_factor(cfg: TrainConfig) -> Callable[[int], float]:

@@ -150,3 +150,23 @@ def test_an_interrupted_sweep_finishes_with_resume(tmp_path, env):
     best = next(r for r in runs if r.info.run_name == tags["best_trial"])
     assert best.info.run_id == tags["best_run_id"]
     assert parents[0].data.metrics["best_val_acc"] == pytest.approx(max(r.data.metrics["best_val_acc"] for r in runs))
+
+    # With max_concurrent=1 the interrupted and resumed sweep is the sweep an uninterrupted run makes: the same
+    # proposals (TPE's state comes back with Tune's), the same scores (each trial resumes exactly).
+    straight_dir = tmp_path / "straight"
+    straight_dir.mkdir()
+    straight = Search(straight_dir, "straight", _overrides(straight_dir), env)
+    try:
+        assert straight.wait(300) == 0, straight.tail()
+    finally:
+        if straight.proc.poll() is None:
+            straight.kill()
+    other = MlflowClient(f"sqlite:///{straight_dir}/mlflow.db")
+    other_runs = other.search_runs([other.get_experiment_by_name(EXPERIMENT).experiment_id],
+                                   "tags.`iakd.role` = 'search'")
+
+    def proposals(found):
+        keys = sorted(k for k in found[0].data.params if k.startswith(("schedule.", "method.")))
+        return sorted((tuple(r.data.params[k] for k in keys), r.data.metrics["best_val_acc"]) for r in found)
+
+    assert proposals(other_runs) == proposals(runs)
