@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from step_time import training_step  # benchmarks/ is the script's folder, first on sys.path
 
 import iakd.engine
 from iakd import methods, models
@@ -50,18 +51,9 @@ def _step_alone(name: str, teacher_arch: str, student_arch: str, device: torch.d
     method = method.to(device).train()
     if method.uses_swap:
         method.swap_prob = 0.5
-    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     images = torch.randn(BATCH, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
     labels = torch.randint(0, NUM_CLASSES, (BATCH,), device=device)
-
-    def step() -> None:
-        _, losses = method.forward_train(images, labels)
-        loss = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
+    return training_step(method, images, labels)
 
 
 def run(name: str, teacher_arch: str, student_arch: str, epochs: int, device: torch.device, tmp: Path) -> None:

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from step_time import training_step  # benchmarks/ is the script's folder, first on sys.path
 
 from iakd import methods, models
 
@@ -35,16 +36,9 @@ def worker(args: argparse.Namespace) -> None:
     teacher = models.build(TEACHER, NUM_CLASSES).to(device).eval()
     method = methods.build("iakd", models.build(STUDENT, NUM_CLASSES), teacher, granularity="stage").to(device).train()
     method.swap_prob = 0.5
-    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     images = torch.randn(args.batch_size, 3, 32, 32, device=device)
     labels = torch.randint(0, NUM_CLASSES, (args.batch_size,), device=device)
-
-    def step() -> None:
-        _, losses = method.forward_train(images, labels)
-        loss = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    step = training_step(method, images, labels)
 
     for _ in range(args.warmup_steps):
         step()

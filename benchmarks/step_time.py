@@ -51,7 +51,11 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _step_fn(method: methods.Method, images: torch.Tensor, labels: torch.Tensor, swap_prob=None) -> Callable[[], None]:
+def training_step(method: methods.Method, images: torch.Tensor, labels: torch.Tensor,
+                  swap_prob=None) -> Callable[[], None]:
+    """One training step as the engine takes it (forward_train, summed losses, backward, SGD), on a fixed batch;
+    ``swap_prob`` (a 0/1 list draws exactly that mask) is set before each step when given. The other
+    benchmarks take their step from here."""
     optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
     def step() -> None:
@@ -78,18 +82,18 @@ def eager_variants(teacher_arch: str, student_arch: str, device: torch.device, b
     def build(name: str, t: models.ZooModel) -> methods.Method:
         return methods.build(name, copy.deepcopy(student), t, granularity="stage").to(device).train()
 
-    variants = [Variant("ce", "ce", _step_fn(build("ce", teacher), images, labels))]
+    variants = [Variant("ce", "ce", training_step(build("ce", teacher), images, labels))]
     for suffix, t in (("", teacher), (" folded", folded)):
-        variants.append(Variant(f"kd{suffix}", f"kd{suffix}", _step_fn(build("kd", t), images, labels)))
+        variants.append(Variant(f"kd{suffix}", f"kd{suffix}", training_step(build("kd", t), images, labels)))
     iakd = build("iakd", teacher)
-    variants.append(Variant("iakd p=0", "iakd(0)", _step_fn(iakd, images, labels, 0.0)))
+    variants.append(Variant("iakd p=0", "iakd(0)", training_step(iakd, images, labels, 0.0)))
     for name in ("iakd", "iakd+kd"):
         for suffix, t in (("", teacher), (" folded", folded)):
             method = iakd if (name, suffix) == ("iakd", "") else build(name, t)
             for mask in itertools.product((0.0, 1.0), repeat=method.num_units):
                 bits = "".join(str(int(b)) for b in mask)
                 variants.append(Variant(f"{name}{suffix} mask {bits}", f"{name}(0.5){suffix}",
-                                        _step_fn(method, images, labels, list(mask))))
+                                        training_step(method, images, labels, list(mask))))
     return variants
 
 

@@ -155,12 +155,13 @@ def _lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
 
 def _teacher_config(cfg: TrainConfig) -> TrainConfig:
     """The run that trains this config's teacher: method ce on the teacher's architecture, same recipe, on the
-    whole training split (``data.train_size`` limits the student's data, not the teacher's)."""
+    whole training split (``data.train_size`` limits the student's data, not the teacher's). It checkpoints
+    every epoch, so that a driver killed while it trains the teacher continues from its last epoch."""
     optim = dataclasses.replace(cfg.optim, epochs=cfg.teacher.epochs or cfg.optim.epochs,
                                 batch_size=cfg.teacher.batch_size or cfg.optim.batch_size)
     return dataclasses.replace(cfg, student=StudentConfig(arch=cfg.teacher.arch), method=MethodConfig(name="ce"),
                                data=dataclasses.replace(cfg.data, train_size=None), optim=optim,
-                               checkpoint_every=optim.epochs)
+                               checkpoint_every=1)
 
 
 def teacher_file(cfg: TrainConfig) -> Path:
@@ -183,8 +184,7 @@ def prepare_teacher(cfg: TrainConfig, log: Callable[[str], None] = print) -> Pat
     if path.is_file():
         log(f"teacher {cfg.teacher.arch}: reusing {path}")
         return path
-    # Checkpointed every epoch: a driver killed while it trains the teacher continues from its last epoch.
-    t_cfg = dataclasses.replace(_teacher_config(cfg), out_dir=str(path.with_suffix("")) + "-run", checkpoint_every=1)
+    t_cfg = dataclasses.replace(_teacher_config(cfg), out_dir=str(path.with_suffix("")) + "-run")
     checkpoint = Path(t_cfg.out_dir) / "checkpoint.pt"
     resume = checkpoint if checkpoint.is_file() else None
     log(f"teacher {cfg.teacher.arch}: {'continuing' if resume else 'training'} {t_cfg.optim.epochs} epochs on "

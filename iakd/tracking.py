@@ -282,8 +282,14 @@ def finish_parent_run(
     client.set_terminated(run_id, status=status)
 
 
-def child_runs(tracking_uri: str, parent_run_id: str) -> list[Run]:
-    """Every live run tagged with ``mlflow.parentRunId == parent_run_id`` (all result pages)."""
+def _tag_filter(tags: Mapping[str, str]) -> str:
+    """An MLflow search filter that holds runs carrying all ``tags``."""
+    return " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+
+
+def child_runs(tracking_uri: str, parent_run_id: str, tags: Mapping[str, str] | None = None) -> list[Run]:
+    """Every live run tagged with ``mlflow.parentRunId == parent_run_id`` and carrying all ``tags`` (the store
+    filters; all result pages)."""
     client = _client(tracking_uri)
     experiment_id = client.get_run(parent_run_id).info.experiment_id  # children live next to the parent
     runs: list[Run] = []
@@ -291,7 +297,7 @@ def child_runs(tracking_uri: str, parent_run_id: str) -> list[Run]:
     while True:
         page = client.search_runs(
             [experiment_id],
-            filter_string=f"tags.{MLFLOW_PARENT_RUN_ID} = '{parent_run_id}'",
+            filter_string=_tag_filter({MLFLOW_PARENT_RUN_ID: parent_run_id, **(tags or {})}),
             max_results=_PAGE_SIZE,
             page_token=page_token,
         )
@@ -307,15 +313,14 @@ def find_run(tracking_uri: str, experiment: str, tags: Mapping[str, str]) -> str
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
-    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-    runs = client.search_runs([found.experiment_id], filter_string=query, max_results=1, order_by=["start_time DESC"])
+    runs = client.search_runs([found.experiment_id], filter_string=_tag_filter(tags), max_results=1,
+                              order_by=["start_time DESC"])
     return runs[0].info.run_id if runs else None
 
 
 def find_child(tracking_uri: str, parent_run_id: str, tags: Mapping[str, str]) -> str | None:
     """The id of the newest live child of ``parent_run_id`` carrying all ``tags`` (e.g. a trial's id), or None."""
-    matching = [r for r in child_runs(tracking_uri, parent_run_id)
-                if all(r.data.tags.get(k) == v for k, v in tags.items())]
+    matching = child_runs(tracking_uri, parent_run_id, tags)
     return max(matching, key=lambda r: r.info.start_time).info.run_id if matching else None
 
 
@@ -345,8 +350,7 @@ def delete_children(tracking_uri: str, parent_run_id: str, tags: Mapping[str, st
     trial never has two runs.
     """
     client = _client(tracking_uri)
-    stale = [r for r in child_runs(tracking_uri, parent_run_id)
-             if all(r.data.tags.get(k) == v for k, v in tags.items())]
+    stale = child_runs(tracking_uri, parent_run_id, tags)
     for run in stale:
         client.delete_run(run.info.run_id)
     return len(stale)

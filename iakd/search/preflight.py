@@ -99,11 +99,8 @@ def check_address(address: str | None, timeout: float = TIMEOUT_S) -> None:
 
 
 def check_run_inputs(base: TrainConfig, key_prefix: str = "run.") -> None:
-    """The files a run reads: its dataset folder and its teacher file (when one is given)."""
+    """The folders a run reads its dataset from (its teacher file is checked when the experiment is loaded)."""
     try:
         check_data_folder(base.data.name, base.data.dir, download=base.data.download)
     except ConfigError as e:
         raise ConfigError(f"{key_prefix}{e}") from None
-    checkpoint = base.teacher.checkpoint
-    if checkpoint and not storage.is_uri(checkpoint) and not Path(checkpoint).is_file():
-        raise ConfigError(f"{key_prefix}teacher.checkpoint: {checkpoint} not found")

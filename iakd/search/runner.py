@@ -29,6 +29,7 @@ from iakd.engine import evaluate, load_data, prepare_teacher, teacher_file, teac
 from iakd.methods import METHODS
 from iakd.search import preflight, storage
 from iakd.search.experiment import Experiment, ExperimentConfig
+from iakd.search.space import Choice, Fixed
 from iakd.search.trainable import (
     CANDIDATE_KEY,
     TRIAL_TAG,
@@ -257,7 +258,7 @@ def _run_stages(experiment: Experiment, parent: str, uri: str, teacher_path: str
         for group in confirmation(confirmed):
             metrics[f"confirm_{group.label}_test_acc_mean"] = group.test.mean
         if cfg.analysis and analysis:
-            tags["iakd.analysis"] = _analyse(uri, parent, name, log)
+            tags["iakd.analysis"] = _analyse(uri, parent, log)
         tracking.finish_parent_run(uri, parent, metrics=metrics, tags=tags)
     return SearchSummary(name, parent, uri, cfg.metric, best, baselines, trials, interrupted, confirmed,
                          tracking.connect(uri, name))
@@ -311,8 +312,13 @@ def check_teacher(base: TrainConfig, teacher_path: str) -> str | None:
 def _methods_in(experiment: Experiment) -> set[str]:
     """Every method a trial of this experiment may run: the baselines and the searched or fixed method.name."""
     spec = experiment.space.params.get("method.name")
-    names = set(getattr(spec, "values", ())) | ({spec.value} if hasattr(spec, "value") else set())
-    return set(experiment.config.baselines.methods) | (names or {experiment.base.method.name})
+    if isinstance(spec, Choice):
+        names = set(spec.values)
+    elif isinstance(spec, Fixed):
+        names = {spec.value}
+    else:
+        names = {experiment.base.method.name}
+    return set(experiment.config.baselines.methods) | names
 
 
 def _run_ids(tracking_uri: str, parent_run_id: str) -> dict[str, str]:
@@ -366,12 +372,12 @@ def confirmation(confirmed: list[TrialSummary]) -> list[ConfirmedGroup]:
     return groups
 
 
-def _analyse(tracking_uri: str, parent: str, experiment: str, log: Callable[[str], None]) -> str:
+def _analyse(tracking_uri: str, parent: str, log: Callable[[str], None]) -> str:
     """The sweep's report, logged to its parent run; a failure is reported, not raised: the sweep is done."""
     try:
         from iakd.analysis.report import analyse  # matplotlib and pandas: only when a report is made
 
-        report = analyse(tracking_uri, parent_run_id=parent, out_dir=Path("analysis_out") / experiment)
+        report = analyse(tracking_uri, parent_run_id=parent)  # to analysis_out/<experiment>, as the CLI
     except Exception as error:  # noqa: BLE001 - the trials' results stand whatever the plots do
         log(f"analysis failed ({type(error).__name__}: {error}); run python analysis/ablations.py to retry")
         return "failed"
