@@ -38,7 +38,7 @@ def worker(args: argparse.Namespace) -> None:
     method.swap_prob = 0.5
     images = torch.randn(args.batch_size, 3, 32, 32, device=device)
     labels = torch.randint(0, NUM_CLASSES, (args.batch_size,), device=device)
-    step = training_step(method, images, labels)
+    step = training_step(method, images, labels, graphed=args.graphed)
 
     for _ in range(args.warmup_steps):
         step()
@@ -63,7 +63,7 @@ def run_packed(count: int, args: argparse.Namespace, device: str) -> list[float]
         procs = [subprocess.Popen(
             [sys.executable, __file__, "--worker", "--index", str(i), "--barrier", barrier, "--device", device,
              "--seconds", str(args.seconds), "--batch-size", str(args.batch_size),
-             "--warmup-steps", str(args.warmup_steps)],
+             "--warmup-steps", str(args.warmup_steps)] + (["--graphed"] if args.graphed else []),
             stdout=subprocess.PIPE, text=True) for i in range(count)]
         while sum((Path(barrier) / f"ready{i}").exists() for i in range(count)) < count:
             if any(p.poll() not in (None, 0) for p in procs):
@@ -87,6 +87,9 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="5 timed seconds per process")
     parser.add_argument("--allow-cpu", action="store_true", help="run on the CPU without CUDA (checks the script)")
+    parser.add_argument("--graphs", default="both", choices=("off", "on", "both"),
+                        help="eager steps, CUDA-graph steps (iakd.step.GraphedStep), or both in turn")
+    parser.add_argument("--graphed", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--barrier", default="", help=argparse.SUPPRESS)
@@ -106,13 +109,18 @@ def main() -> None:
         return
     print(f"# packing: torch {torch.__version__}, {name}, {TEACHER}->{STUDENT} iakd p=0.5 stage, batch "
           f"{args.batch_size}, {args.seconds:g} s per process after {args.warmup_steps} warm-up steps")
-    best = (0, 0.0)
-    for count in (int(c) for c in args.counts.split(",")):
-        rates = run_packed(count, args, device)
-        total = sum(rates)
-        best = max(best, (count, total), key=lambda b: b[1])
-        print(f"{count} process(es): total {total:9.0f} images/s, per process {min(rates):.0f}-{max(rates):.0f}")
-    print(f"most images/s in total: {best[0]} process(es), {best[1]:.0f} images/s (target >= 40000 on H100/H200)")
+    for graphed in {"off": [False], "on": [True], "both": [False, True]}[args.graphs]:
+        args.graphed = graphed
+        kind = "graphed" if graphed else "eager"
+        best = (0, 0.0)
+        for count in (int(c) for c in args.counts.split(",")):
+            rates = run_packed(count, args, device)
+            total = sum(rates)
+            best = max(best, (count, total), key=lambda b: b[1])
+            print(f"{kind:>7} {count} process(es): total {total:9.0f} images/s, per process "
+                  f"{min(rates):.0f}-{max(rates):.0f}")
+        print(f"{kind:>7} most images/s in total: {best[0]} process(es), {best[1]:.0f} images/s "
+              "(target >= 40000 on H100/H200)")
 
 
 if __name__ == "__main__":

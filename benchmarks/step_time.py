@@ -26,6 +26,7 @@ import torch
 
 from iakd import methods, models
 from iakd.frozen import freeze_teacher
+from iakd.step import Compute, EagerStep, EpochTotals, GraphedStep
 
 PAIRS = (("resnet56", "resnet20"), ("resnet32x4", "resnet8x4"))
 NUM_CLASSES = 100
@@ -52,58 +53,63 @@ def _synchronize(device: torch.device) -> None:
 
 
 def training_step(method: methods.Method, images: torch.Tensor, labels: torch.Tensor,
-                  swap_prob=None) -> Callable[[], None]:
-    """One training step as the engine takes it (forward_train, summed losses, backward, SGD), on a fixed batch;
-    ``swap_prob`` (a 0/1 list draws exactly that mask) is set before each step when given. The other
-    benchmarks take their step from here."""
+                  swap_prob=None, graphed: bool = False) -> Callable[[], None]:
+    """One training step as the engine takes it (``iakd.step``: forward_train, summed losses, the epoch's totals
+    on the device, backward, SGD), on a fixed batch; ``swap_prob`` (a 0/1 list draws exactly that mask) is set
+    before each step when given. ``graphed``: the CUDA-graph step (each mask captured on its second step). The
+    other benchmarks take their step from here."""
     optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    totals, compute = EpochTotals(images.device), Compute(images.device)
+    if graphed:
+        runner = GraphedStep(method, optimizer, totals, compute, capture=images.device.type == "cuda")
+    else:
+        runner = EagerStep(method, optimizer, totals, compute)
+    runner.set_lr()
 
     def step() -> None:
         if swap_prob is not None:
             method.swap_prob = swap_prob  # a 0/1 list draws exactly that mask
-        _, losses = method.forward_train(images, labels)
-        loss = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        runner(images, labels, method.draw_swap())
 
     return step
 
 
-def eager_variants(teacher_arch: str, student_arch: str, device: torch.device, batch_size: int) -> list[Variant]:
-    """Every method, eager, on the plain and on the folded teacher; each with its own student and optimizer."""
+def eager_variants(teacher_arch: str, student_arch: str, device: torch.device, batch_size: int,
+                   graphed: bool = False) -> list[Variant]:
+    """Every method on the plain and on the folded teacher; each with its own student and optimizer.
+    ``graphed``: the same as CUDA-graph steps, named and counted with a " graphed" suffix."""
     torch.manual_seed(0)
     teacher = models.build(teacher_arch, NUM_CLASSES).to(device).eval()
     folded = freeze_teacher(teacher)
     student = models.build(student_arch, NUM_CLASSES).to(device)
     images = torch.randn(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
     labels = torch.randint(0, NUM_CLASSES, (batch_size,), device=device)
+    tag = " graphed" if graphed else ""
 
     def build(name: str, t: models.ZooModel) -> methods.Method:
         return methods.build(name, copy.deepcopy(student), t, granularity="stage").to(device).train()
 
-    variants = [Variant("ce", "ce", training_step(build("ce", teacher), images, labels))]
+    def step(method, swap_prob=None):
+        return training_step(method, images, labels, swap_prob, graphed=graphed)
+
+    variants = [Variant(f"ce{tag}", f"ce{tag}", step(build("ce", teacher)))]
     for suffix, t in (("", teacher), (" folded", folded)):
-        variants.append(Variant(f"kd{suffix}", f"kd{suffix}", training_step(build("kd", t), images, labels)))
-    iakd = build("iakd", teacher)
-    variants.append(Variant("iakd p=0", "iakd(0)", training_step(iakd, images, labels, 0.0)))
+        variants.append(Variant(f"kd{suffix}{tag}", f"kd{suffix}{tag}", step(build("kd", t))))
+    variants.append(Variant(f"iakd p=0{tag}", f"iakd(0){tag}", step(build("iakd", teacher), 0.0)))
     for name in ("iakd", "iakd+kd"):
         for suffix, t in (("", teacher), (" folded", folded)):
-            method = iakd if (name, suffix) == ("iakd", "") else build(name, t)
+            method = build(name, t)
             for mask in itertools.product((0.0, 1.0), repeat=method.num_units):
                 bits = "".join(str(int(b)) for b in mask)
-                variants.append(Variant(f"{name}{suffix} mask {bits}", f"{name}(0.5){suffix}",
-                                        training_step(method, images, labels, list(mask))))
+                variants.append(Variant(f"{name}{suffix} mask {bits}{tag}", f"{name}(0.5){suffix}{tag}",
+                                        step(method, list(mask))))
     return variants
 
 
 def graphed_variants(teacher_arch: str, student_arch: str, device: torch.device, batch_size: int) -> list[Variant]:
-    """CUDA-graphed steps, timed beside the eager ones on CUDA.
-
-    Empty until the engine has a graphed step (issue 11, part 2): build them here with the same names and
-    figures plus a " graphed" suffix (one Variant per mask for IAKD), and the report below prints them.
-    """
-    return []
+    """The same steps as CUDA graphs (``iakd.step.GraphedStep``), timed beside the eager ones on CUDA. One
+    method object per figure serves all its masks, as in a run: each mask is a graph of its own."""
+    return eager_variants(teacher_arch, student_arch, device, batch_size, graphed=True)
 
 
 def measure(variants: list[Variant], device: torch.device, repeats: int, steps: int, warmup: int,
@@ -135,7 +141,7 @@ def report(pair: str, variants: list[Variant], batch_size: int) -> None:
         print(f"{pair}  {name:<22} {batch_size / seconds[name]:>9.1f} images/s  "
               f"{seconds[name] * 1e3:8.1f} ms/step{spread}")
     for v in variants:
-        if v.figure in ("iakd(0.5)", "iakd(0.5) folded"):
+        if v.figure.startswith("iakd(0.5)"):
             print(f"{pair}  {v.name:<22} {v.median * 1e3:8.1f} ms/step")
 
     def ratio(a: str, b: str, target: str = "") -> None:
@@ -150,6 +156,8 @@ def report(pair: str, variants: list[Variant], batch_size: int) -> None:
     ratio("kd folded", "kd", "  (the fold's effect)")
     ratio("iakd(0.5) folded", "iakd(0.5)", "  (the fold's effect)")
     ratio("iakd+kd(0.5) folded", "iakd+kd(0.5)", "  (the fold's effect)")
+    ratio("iakd(0.5) folded graphed", "kd folded graphed", "  (target <= 0.85; both graphed, folded teacher)")
+    ratio("iakd(0) graphed", "ce graphed", "  (target <= 1.05; both graphed)")
     for name in [n for n in seconds if n.endswith(" graphed")]:
         ratio(name, name.removesuffix(" graphed"), "  (graphed / eager)")
 

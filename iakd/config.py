@@ -24,9 +24,9 @@ from iakd.methods import METHODS
 from iakd.models import ARCHS, blocks_per_stage
 from iakd.units import canonical_granularity, parse_granularity
 
-__all__ = ["DataConfig", "TeacherConfig", "StudentConfig", "MethodConfig", "OptimConfig", "TrainConfig",
-           "load_config", "from_dict", "build_dataclass", "read_yaml", "apply_overrides", "parse_overrides", "to_dict",
-           "flat_items"]
+__all__ = ["DataConfig", "TeacherConfig", "StudentConfig", "MethodConfig", "OptimConfig", "ComputeConfig",
+           "TrainConfig", "load_config", "from_dict", "build_dataclass", "read_yaml", "apply_overrides",
+           "parse_overrides", "to_dict", "flat_items"]
 
 
 DEFAULT_SCHEDULE: dict[str, Any] = {"family": "linear", "p0": 0.5, "t_end": 0.8}
@@ -81,6 +81,15 @@ class OptimConfig:
 
 
 @dataclass
+class ComputeConfig:
+    """How the step computes, not what: each changes rounding only (see iakd.step)."""
+
+    cuda_graphs: bool = True  # on CUDA, replay each step as a CUDA graph (one per swap mask); no effect on the CPU
+    bf16: bool = False  # bf16 autocast of the forward passes
+    channels_last: bool = False  # NHWC memory layout for weights and batches
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -88,6 +97,7 @@ class TrainConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     schedule: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SCHEDULE))
     optim: OptimConfig = field(default_factory=OptimConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     out_dir: str = "runs/train"

@@ -121,14 +121,19 @@ class TensorSplit:
 def crop_and_flip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Randomly crop (after zero padding by H // 8) and horizontally flip each image of a uint8 batch.
 
-    The whole batch is done by one gather; offsets and flips are drawn on the CPU from ``generator``.
+    The whole batch is done by one gather; offsets and flips are drawn on the CPU from ``generator`` and sent
+    to a GPU in one copy from pinned memory that does not wait for the GPU (a plain copy would synchronise).
     """
     b, _, h, w = images.shape
     pad = h // 8
     padded = F.pad(images, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b, 1), generator=generator).to(images.device)
-    dx = torch.randint(0, 2 * pad + 1, (b, 1), generator=generator).to(images.device)
-    flip = (torch.rand(b, 1, generator=generator) < 0.5).to(images.device)
+    dy = torch.randint(0, 2 * pad + 1, (b, 1), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b, 1), generator=generator)
+    flip = torch.rand(b, 1, generator=generator) < 0.5
+    draws = torch.cat([dy, dx, flip.long()], dim=1)
+    if images.device.type == "cuda":
+        draws = draws.pin_memory().to(images.device, non_blocking=True)
+    dy, dx, flip = draws[:, :1], draws[:, 1:2], draws[:, 2:].bool()
     rows = dy + torch.arange(h, device=images.device)
     columns = torch.arange(w, device=images.device)
     # A flip reads the crop's columns right to left, so cropping and flipping is a single index computation.

@@ -13,6 +13,7 @@ import json
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from iakd.config import MethodConfig, StudentConfig, TrainConfig, flat_items, to
 from iakd.data import Dataset, load_dataset
 from iakd.errors import ConfigError
 from iakd.frozen import freeze_teacher
+from iakd.step import Compute, EpochTotals, make_step
 from iakd.teachers import cache_path, load_teacher, save_teacher
 
 __all__ = ["Callback", "train", "evaluate", "prepare_teacher", "teacher_file", "resolve_device", "stream_seed",
@@ -46,7 +48,8 @@ Callback = Callable[[dict[str, Any], "Path | None"], "bool | None"]
 # Config keys a resumed run may change: where outputs go and inputs are read from, and how fast it runs. Every
 # other key changes what is trained, so it must equal the checkpoint's.
 RESUME_FREE_KEYS = ("out_dir", "device", "checkpoint_every", "data.dir", "data.num_workers", "data.download",
-                    "teacher.checkpoint", "teacher.cache_dir")
+                    "teacher.checkpoint", "teacher.cache_dir", "compute.cuda_graphs", "compute.bf16",
+                    "compute.channels_last")
 
 # A teacher within this many points of chance accuracy cannot teach: its hybrid tends to diverge.
 TEACHER_CHANCE_MARGIN = 5.0
@@ -131,7 +134,7 @@ def teacher_warning(accuracy: float, num_classes: int) -> str | None:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, split, batch_size: int = 256) -> float:
+def evaluate(model: torch.nn.Module, split, batch_size: int = 256, compute: Compute | None = None) -> float:
     """Top-1 accuracy in percent of ``model`` (in eval mode) on a split; NaN for an empty split."""
     if len(split) == 0:
         return float("nan")
@@ -139,7 +142,12 @@ def evaluate(model: torch.nn.Module, split, batch_size: int = 256) -> float:
     model.eval()
     correct = 0
     for images, labels in split.batches(batch_size, shuffle=False, augment=False):
-        correct += (model(images).argmax(1) == labels).sum()  # stays on the device: one read at the end
+        if compute is None:
+            logits = model(images)
+        else:
+            with compute.autocast():
+                logits = model(compute.prepare(images))
+        correct += (logits.argmax(1) == labels).sum()  # stays on the device: one read at the end
     model.train(was_training)
     return 100.0 * int(correct) / len(split)
 
@@ -236,6 +244,8 @@ def train(
         teacher = freeze_teacher(teacher)  # BatchNorm folded into the convolutions: it only ever infers
     student = build_student(cfg.student.arch, dataset.num_classes, cfg.seed)
     method = build_method(cfg, student, teacher, dataset.image_size).to(device)
+    compute = Compute(device, bf16=cfg.compute.bf16, channels_last=cfg.compute.channels_last)
+    compute.apply(method)
     schedule = schedules.build(cfg.schedule)
     optimizer = torch.optim.SGD(method.trainable_parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                 weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
@@ -261,15 +271,13 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     status, message = "finished", f"trained {cfg.optim.epochs} epochs"
+    totals = EpochTotals(device)
+    step_fn = make_step(method, optimizer, totals, compute, cuda_graphs=cfg.compute.cuda_graphs)
     for epoch in range(start_epoch, cfg.optim.epochs):
         method.train()
         started = time.perf_counter()
-        # Loss sums, the accuracy count and the divergence check stay on the device (float64, so the sums equal
-        # the host's to the bit) and are read once per epoch: a .item() per step is a host synchronisation.
-        sums: dict[str, torch.Tensor] = {}
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        diverged = torch.zeros((), dtype=torch.bool, device=device)
-        first_bad = torch.zeros((), device=device)
+        totals.reset()  # the epoch's sums stay on the device and are read once, after its last step
+        step_fn.set_lr()
         seen = swapped = swap_draws = 0
         prob_sum = 0.0
         batches = dataset.train.batches(cfg.optim.batch_size, shuffle=True, augment=True,
@@ -278,40 +286,31 @@ def train(
             progress = step / total_steps
             if method.uses_swap:
                 method.swap_prob = schedule.unit_probs(progress, method.num_units)
-            logits, losses = method.forward_train(images, labels)
-            loss = sum(losses.values())
-            bad = ~torch.isfinite(loss.detach())
-            first_bad = torch.where(bad & ~diverged, loss.detach(), first_bad)
-            diverged |= bad
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            swap = method.draw_swap()  # on the host, from the run's swap stream; None when nothing swaps
+            step_fn(images, labels, swap)
             step += 1
-            n = labels.shape[0]
-            seen += n
-            correct += (logits.detach().argmax(1) == labels).sum()
-            for name, value in (("train_loss", loss), *losses.items()):
-                term = value.detach().double() * n
-                sums[name] = sums[name] + term if name in sums else term
-            if method.uses_swap:
+            seen += labels.shape[0]
+            if swap is not None:
                 prob_sum += schedule(progress)
-                swapped += sum(method.last_swap)
-                swap_draws += method.num_units
-        if diverged.item():  # the epoch's one read of the device: a NaN ends the run at this epoch
-            status, message = "diverged", f"diverged at epoch {epoch + 1}: loss is {first_bad.item()}"
+                swapped += sum(swap)
+                swap_draws += len(swap)
+        epoch_metrics, first_bad = totals.read(seen)
+        if first_bad is not None:  # a NaN ends the run at this epoch
+            status, message = "diverged", f"diverged at epoch {epoch + 1}: loss is {first_bad}"
             log(message)
             break
         lr = optimizer.param_groups[0]["lr"]
-        lr_scheduler.step()
+        with warnings.catch_warnings():  # the graphed step updates without optimizer.step(), which torch looks for
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            lr_scheduler.step()
         seconds = time.perf_counter() - started
         num_batches = math.ceil(seen / cfg.optim.batch_size)
         previous = history[-1] if history else {}
         metrics = {
             "epoch": epoch + 1,
-            **{k: v.item() / seen for k, v in sums.items()},
-            "train_acc": 100.0 * correct.item() / seen,
-            "val_acc": evaluate(method, dataset.val),
-            "test_acc": evaluate(method, dataset.test),
+            **epoch_metrics,
+            "val_acc": evaluate(method, dataset.val, compute=compute),
+            "test_acc": evaluate(method, dataset.test, compute=compute),
             "lr": lr,
             "swap_prob": prob_sum / num_batches,
             "swap_rate": swapped / swap_draws if swap_draws else 0.0,

@@ -1,4 +1,4 @@
-"""Training methods in one shape: ``forward_train(image, target) -> (logits, {"loss_name": tensor})``.
+"""Training methods in one shape: ``forward_train(image, target, swap) -> (logits, {"loss_name": tensor})``.
 
 The engine sums the loss dict and steps the optimizer over ``trainable_parameters()``; ``forward(image)`` is
 always the pure student (evaluation). A frozen teacher stays in eval mode whatever ``train()`` is called with.
@@ -52,7 +52,15 @@ class Method(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.student(image)
 
-    def forward_train(self, image: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def draw_swap(self) -> tuple[bool, ...] | None:
+        """The step's random choice of units to swap in (None for methods that do not swap), drawn on the host
+        before the step so that the step itself is a fixed computation given it (a CUDA graph per mask)."""
+        return None
+
+    def forward_train(self, image: torch.Tensor, target: torch.Tensor,
+                      swap: tuple[bool, ...] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits and named loss terms of one training step; ``swap`` is the mask from ``draw_swap`` (drawn
+        here when None by methods that swap)."""
         raise NotImplementedError
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -82,7 +90,7 @@ class CE(Method):
     def __init__(self, student: ZooModel, teacher: ZooModel | None = None, **_: object):
         super().__init__(student, None)  # no teacher: the baseline never pays for one
 
-    def forward_train(self, image, target):
+    def forward_train(self, image, target, swap=None):
         logits = self.student(image)
         return logits, {"loss_ce": F.cross_entropy(logits, target)}
 
@@ -100,7 +108,7 @@ class KD(Method):
         super().__init__(student, teacher)
         self.ce_weight, self.kd_weight, self.temperature = ce_weight, kd_weight, temperature
 
-    def forward_train(self, image, target):
+    def forward_train(self, image, target, swap=None):
         logits = self.student(image)
         with torch.no_grad():
             logits_teacher = self.teacher(image)
@@ -146,8 +154,11 @@ class IAKD(Method):
     def num_units(self) -> int:
         return self.hybrid.num_units
 
-    def forward_train(self, image, target):
-        self.last_swap = self.hybrid.draw_swap(self.swap_prob, self.swap_generator)
+    def draw_swap(self) -> tuple[bool, ...]:
+        return self.hybrid.draw_swap(self.swap_prob, self.swap_generator)
+
+    def forward_train(self, image, target, swap=None):
+        self.last_swap = self.draw_swap() if swap is None else tuple(swap)
         logits = self.hybrid(image, self.last_swap)
         losses = {"loss_ce": self.ce_weight * F.cross_entropy(logits, target)}
         if self.kd_weight > 0:
