@@ -40,25 +40,35 @@ def _masks(n, units=3):
     return [cycle[(0, 5, 3, 6)[i % 4]] for i in range(n)]  # four masks (none, some, all but one), each repeated
 
 
-def _run(make, method_name, n=8, device="cpu", **kw):
-    method = _method(method_name, device, **kw)
-    optimizer = _optimizer(method)
-    totals = EpochTotals(torch.device(device))
-    step = make(method, optimizer, totals)
-    step.set_lr()
-    masks = _masks(n) if method.uses_swap else [None] * n
+def _lockstep(name, make_b, device="cpu", n=8, rtol=1e-5, atol=1e-6):
+    """The eager step and ``make_b``'s step side by side on two equal methods. After each step their weights,
+    BatchNorm statistics and momentum buffers must agree; then b is set to a's state, in place (graphs keep
+    their addresses), so that rounding differences cannot grow into chaos over steps: each step is compared
+    from equal states. Returns both epochs' totals and b's step."""
+    a, b = _method(name, device), _method(name, device)
+    opt_a, opt_b = _optimizer(a), _optimizer(b)
+    totals_a, totals_b = EpochTotals(torch.device(device)), EpochTotals(torch.device(device))
+    step_a, step_b = _eager(a, opt_a, totals_a), make_b(b, opt_b, totals_b)
+    step_a.set_lr()
+    step_b.set_lr()
     seen = 0
+    masks = _masks(n) if a.uses_swap else [None] * n
     for (images, labels), swap in zip(_batches(n, device), masks, strict=True):
-        step(images, labels, swap)
+        step_a(images, labels, swap)
+        step_b(images, labels, swap)
         seen += labels.shape[0]
-    return method, totals.read(seen), step
-
-
-def _assert_close_states(a, b, rtol=1e-4, atol=1e-5):
-    sa, sb = a.trainable_state_dict(), b.trainable_state_dict()
-    assert sa.keys() == sb.keys()
-    for key in sa:
-        assert torch.allclose(sa[key].float().cpu(), sb[key].float().cpu(), rtol=rtol, atol=atol), key
+        with torch.no_grad():
+            state_b = b.state_dict(keep_vars=True)
+            for key, value in a.state_dict(keep_vars=True).items():
+                torch.testing.assert_close(state_b[key], value, rtol=rtol, atol=atol, msg=lambda m, k=key: f"{k}: {m}")
+                state_b[key].copy_(value)
+            for pa, pb in zip(opt_a.param_groups[0]["params"], opt_b.param_groups[0]["params"], strict=True):
+                buf_a, buf_b = opt_a.state[pa].get("momentum_buffer"), opt_b.state[pb].get("momentum_buffer")
+                assert (buf_a is None) == (buf_b is None)
+                if buf_a is not None:
+                    torch.testing.assert_close(buf_b, buf_a, rtol=rtol, atol=atol)
+                    buf_b.copy_(buf_a)
+    return totals_a.read(seen), totals_b.read(seen), step_b
 
 
 @pytest.mark.parametrize("nesterov,dampening,weight_decay", [(False, 0.0, 5e-4), (True, 0.0, 0.0), (False, 0.3, 1e-3)])
@@ -95,9 +105,8 @@ def _uncaptured(method, optimizer, totals):
 
 @pytest.mark.parametrize("name", ["ce", "kd", "iakd", "iakd+kd"])
 def test_the_graph_ready_step_trains_what_the_eager_step_trains(name):
-    eager, (m_eager, _), _ = _run(_eager, name)
-    ready, (m_ready, _), step = _run(_uncaptured, name)
-    _assert_close_states(eager, ready)
+    (m_eager, bad_a), (m_ready, bad_b), step = _lockstep(name, _uncaptured)
+    assert bad_a is bad_b is None
     assert m_eager.keys() == m_ready.keys() and "train_loss" in m_eager
     for key in m_eager:
         assert m_ready[key] == pytest.approx(m_eager[key], rel=1e-5), key
@@ -148,7 +157,7 @@ def test_make_step_falls_back_to_eager_on_the_cpu():
 # The engine on the graph-ready step (uncaptured on the CPU): same training, exact resume
 
 FAST = ["data.image_size=8", "optim.batch_size=32", "optim.lr=0.1", "optim.lr_schedule=cosine",
-        "teacher.arch=resnet14", "student.arch=resnet8", "optim.epochs=3", "data.train_size=200"]
+        "teacher.arch=resnet14", "student.arch=resnet8", "optim.epochs=3", "data.train_size=200", "device=cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -183,12 +192,16 @@ def test_the_engine_on_the_graph_ready_step_matches_eager_within_rounding(tmp_pa
                         GraphedStep(method, optimizer, totals, compute, capture=False))
     ready = _history(train(_config(tmp_path / "ready", teacher_file, *cfg), log=lambda s: None))
     assert len(eager) == len(ready) == 3
+    # Step by step the two agree to rounding (the lockstep test); over a run rounding differences can grow, so
+    # the first epoch is compared closely and the last one loosely.
+    for key in ("train_loss", "loss_ce", "loss_kd"):
+        assert ready[0][key] == pytest.approx(eager[0][key], rel=1e-4), key
+        assert ready[-1][key] == pytest.approx(eager[-1][key], rel=2e-2), key
     for a, b in zip(eager, ready, strict=True):
-        assert a.keys() == b.keys()
-        for key in ("train_loss", "loss_ce", "loss_kd", "lr", "swap_prob", "swap_rate", "images_seen"):
-            assert b[key] == pytest.approx(a[key], rel=1e-4), key
-        for key in ("train_acc", "val_acc", "test_acc"):  # a prediction may flip on a near-tie
-            assert abs(b[key] - a[key]) < 2.0, key
+        for key in ("lr", "swap_prob", "swap_rate", "images_seen"):
+            assert b[key] == a[key], key
+        for key in ("train_acc", "val_acc", "test_acc"):
+            assert abs(b[key] - a[key]) < 5.0, key
 
 
 def test_the_graph_ready_step_resumes_exactly(tmp_path, teacher_file, graph_ready_engine):
@@ -237,13 +250,11 @@ def test_captured_graphs_train_what_the_eager_step_trains(name):
     def captured(method, optimizer, totals):
         return GraphedStep(method, optimizer, totals, Compute(totals.device), capture=True)
 
-    eager, (m_eager, _), _ = _run(_eager, name, device="cuda")
-    graphed, (m_graphed, _), step = _run(captured, name, device="cuda")
-    _assert_close_states(eager, graphed, rtol=1e-3, atol=1e-4)
+    (m_eager, _), (m_graphed, _), step = _lockstep(name, captured, device="cuda", rtol=1e-4, atol=1e-5)
     for key in m_eager:
         assert m_graphed[key] == pytest.approx(m_eager[key], rel=1e-4), key
     # each (mask, batch shape) key is captured when it comes the second time: 4 masks, or 2 batch shapes
-    assert step.num_graphs == (4 if eager.uses_swap else 2)
+    assert step.num_graphs == (4 if methods.METHODS[name].uses_swap else 2)
 
 
 @pytest.fixture
@@ -252,6 +263,19 @@ def deterministic_cudnn(monkeypatch):
     atomics, in a different order each run, graphs or not)."""
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+
+
+def _train_steps(make, name, n=8, device="cuda"):
+    method = _method(name, device)
+    optimizer = _optimizer(method)
+    totals = EpochTotals(torch.device(device))
+    step = make(method, optimizer, totals)
+    step.set_lr()
+    seen = 0
+    for (images, labels), swap in zip(_batches(n, device), _masks(n), strict=True):
+        step(images, labels, swap)
+        seen += labels.shape[0]
+    return method, totals.read(seen), step
 
 
 @needs_cuda
@@ -263,23 +287,32 @@ def test_captured_and_uncaptured_steps_are_bit_identical_on_cuda(deterministic_c
     def uncaptured(method, optimizer, totals):
         return GraphedStep(method, optimizer, totals, Compute(totals.device), capture=True, max_graphs=0)
 
-    a, (ma, _), sa = _run(captured, "iakd+kd", device="cuda")
-    b, (mb, _), sb = _run(uncaptured, "iakd+kd", device="cuda")
-    assert sa.num_graphs > 0 and sb.num_graphs == 0
+    (a, ma, sa), (b, mb, sb) = _train_steps(captured, "iakd+kd"), _train_steps(uncaptured, "iakd+kd")
+    assert sa.num_graphs == 4 and sb.num_graphs == 0
     for key, value in a.trainable_state_dict().items():
         assert torch.equal(value, b.trainable_state_dict()[key]), key
     assert ma == mb
 
 
 @needs_cuda
-def test_the_engine_with_cuda_graphs_resumes_exactly_and_matches_eager(tmp_path, teacher_file, deterministic_cudnn):
+def test_the_engine_with_cuda_graphs_resumes_exactly_and_matches_eager(tmp_path, teacher_file, deterministic_cudnn,
+                                                                      monkeypatch):
+    made = []
+
+    def recording_make_step(*args, **kwargs):
+        made.append(make_step(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(engine, "make_step", recording_make_step)
     cfg = ["method.name=iakd", "schedule.p0=0.6", "device=cuda"]
     straight = train(_config(tmp_path / "straight", teacher_file, *cfg), log=lambda s: None)
+    assert isinstance(made[-1], GraphedStep) and made[-1].num_graphs > 0  # the engine replayed graphs
     split = _config(tmp_path / "split", teacher_file, *cfg)
     train(split, [lambda m, c: m["epoch"] == 1], log=lambda s: None)
     resumed = train(split, resume_from=tmp_path / "split" / "checkpoint.pt", log=lambda s: None)
     assert _history(resumed) == _history(straight)
+    # Eager and graphed agree step by step (the lockstep test above); over a run rounding differences grow, so
+    # end to end only the first epoch is compared, loosely.
     eager = train(_config(tmp_path / "eager", teacher_file, *cfg, "compute.cuda_graphs=false"), log=lambda s: None)
-    for a, b in zip(_history(eager), _history(straight), strict=True):
-        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
-
+    assert isinstance(made[-1], EagerStep)
+    assert _history(straight)[0]["train_loss"] == pytest.approx(_history(eager)[0]["train_loss"], rel=1e-2)
