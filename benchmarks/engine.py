@@ -38,6 +38,7 @@ import iakd.engine
 from iakd import methods, models
 from iakd.config import load_config
 from iakd.frozen import freeze_teacher
+from iakd.step import Compute
 from iakd.teachers import save_teacher
 
 BATCH = 64
@@ -64,7 +65,7 @@ def _synchronize(device: torch.device) -> None:
 
 
 def _step_alone(name: str, teacher_arch: str, student_arch: str, device: torch.device, num_classes: int,
-                graphed: bool):
+                graphed: bool, compute: Compute):
     """The engine's step outside it: fixed batch, same method on the folded teacher, swap drawn at p = 0.5."""
     teacher = freeze_teacher(models.build(teacher_arch, num_classes).to(device).eval())
     method = methods.build(name, models.build(student_arch, num_classes), teacher, granularity="stage")
@@ -73,7 +74,7 @@ def _step_alone(name: str, teacher_arch: str, student_arch: str, device: torch.d
         method.swap_prob = 0.5
     images = torch.randn(BATCH, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
     labels = torch.randint(0, num_classes, (BATCH,), device=device)
-    return training_step(method, images, labels, graphed=graphed)
+    return training_step(method, images, labels, graphed=graphed, compute=compute)
 
 
 def run(name: str, teacher_arch: str, student_arch: str, epochs: int, device: torch.device, tmp: Path,
@@ -99,7 +100,8 @@ def run(name: str, teacher_arch: str, student_arch: str, epochs: int, device: to
         f"compute.cuda_graphs={str(graphed).lower()}", *extra,
     ]
     cfg = load_config(None, overrides)
-    step = _step_alone(name, teacher_arch, student_arch, device, num_classes, graphed)
+    compute = Compute(device, bf16=cfg.compute.bf16, channels_last=cfg.compute.channels_last)
+    step = _step_alone(name, teacher_arch, student_arch, device, num_classes, graphed, compute)
     for _ in range(20 if graphed else 3):  # warm-up of the step alone (graphed: every mask captured)
         step()
     steps_per_epoch = None
@@ -143,7 +145,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="digits", choices=tuple(NUM_CLASSES))
     parser.add_argument("--images", type=int, default=50_000, help="random-cifar100 training images (test: 1/5)")
     parser.add_argument("--extra", default="", help="more config overrides for the runs, comma-separated "
-                        "(e.g. compute.bf16=true,compute.channels_last=true; the step alone stays fp32)")
+                        "(e.g. compute.bf16=true,compute.channels_last=true; the step alone takes the compute keys)")
     parser.add_argument("--graphs", default="both", choices=("off", "on", "both"),
                         help="compute.cuda_graphs in the runs (CUDA only; on the CPU always off)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

@@ -25,6 +25,7 @@ import torch
 from step_time import training_step  # benchmarks/ is the script's folder, first on sys.path
 
 from iakd import methods, models
+from iakd.step import Compute
 
 TEACHER, STUDENT, NUM_CLASSES = "resnet56", "resnet20", 100
 
@@ -38,7 +39,8 @@ def worker(args: argparse.Namespace) -> None:
     method.swap_prob = 0.5
     images = torch.randn(args.batch_size, 3, 32, 32, device=device)
     labels = torch.randint(0, NUM_CLASSES, (args.batch_size,), device=device)
-    step = training_step(method, images, labels, graphed=args.graphed)
+    compute = Compute(device, bf16=args.bf16, channels_last=args.channels_last)
+    step = training_step(method, images, labels, graphed=args.graphed, compute=compute)
 
     for _ in range(args.warmup_steps):
         step()
@@ -63,7 +65,8 @@ def run_packed(count: int, args: argparse.Namespace, device: str) -> list[float]
         procs = [subprocess.Popen(
             [sys.executable, __file__, "--worker", "--index", str(i), "--barrier", barrier, "--device", device,
              "--seconds", str(args.seconds), "--batch-size", str(args.batch_size),
-             "--warmup-steps", str(args.warmup_steps)] + (["--graphed"] if args.graphed else []),
+             "--warmup-steps", str(args.warmup_steps)] + (["--graphed"] if args.graphed else [])
+            + (["--bf16"] if args.bf16 else []) + (["--channels-last"] if args.channels_last else []),
             stdout=subprocess.PIPE, text=True) for i in range(count)]
         while sum((Path(barrier) / f"ready{i}").exists() for i in range(count)) < count:
             if any(p.poll() not in (None, 0) for p in procs):
@@ -89,6 +92,8 @@ def main() -> None:
     parser.add_argument("--allow-cpu", action="store_true", help="run on the CPU without CUDA (checks the script)")
     parser.add_argument("--graphs", default="both", choices=("off", "on", "both"),
                         help="eager steps, CUDA-graph steps (iakd.step.GraphedStep), or both in turn")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (compute.bf16)")
+    parser.add_argument("--channels-last", action="store_true", help="NHWC layout (compute.channels_last)")
     parser.add_argument("--graphed", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
@@ -108,7 +113,8 @@ def main() -> None:
         print("packing: no CUDA device here; packed-trial figures need a GPU, nothing measured")
         return
     print(f"# packing: torch {torch.__version__}, {name}, {TEACHER}->{STUDENT} iakd p=0.5 stage, batch "
-          f"{args.batch_size}, {args.seconds:g} s per process after {args.warmup_steps} warm-up steps")
+          f"{args.batch_size}, {args.seconds:g} s per process after {args.warmup_steps} warm-up steps, "
+          f"{'bf16' if args.bf16 else 'fp32'}{', channels_last' if args.channels_last else ''}")
     for graphed in {"off": [False], "on": [True], "both": [False, True]}[args.graphs]:
         args.graphed = graphed
         kind = "graphed" if graphed else "eager"

@@ -53,13 +53,15 @@ def _synchronize(device: torch.device) -> None:
 
 
 def training_step(method: methods.Method, images: torch.Tensor, labels: torch.Tensor,
-                  swap_prob=None, graphed: bool = False) -> Callable[[], None]:
+                  swap_prob=None, graphed: bool = False, compute: Compute | None = None) -> Callable[[], None]:
     """One training step as the engine takes it (``iakd.step``: forward_train, summed losses, the epoch's totals
     on the device, backward, SGD), on a fixed batch; ``swap_prob`` (a 0/1 list draws exactly that mask) is set
     before each step when given. ``graphed``: the CUDA-graph step (each mask captured on its second step). The
-    other benchmarks take their step from here."""
+    other benchmarks take their step from here. ``compute``: bf16 autocast / channels_last (default: neither)."""
+    compute = compute or Compute(images.device)
+    compute.apply(method)
     optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    totals, compute = EpochTotals(images.device), Compute(images.device)
+    totals = EpochTotals(images.device)
     if graphed:
         runner = GraphedStep(method, optimizer, totals, compute, capture=images.device.type == "cuda")
     else:
