@@ -20,7 +20,7 @@ EPOCHS = 2
 
 def tiny(tmp):
     return ["num_samples=3", f"run.optim.epochs={EPOCHS}", "run.teacher.epochs=1", "run.data.image_size=8",
-            "run.teacher.arch=resnet20", "scheduler.grace_period=1",
+            "run.teacher.arch=resnet20", "run.student.arch=resnet14", "scheduler.grace_period=1",
             "confirm.top_k=0", f"storage_path={tmp}/ray", f"tracking_uri=sqlite:///{tmp}/mlflow.db"]
 
 
@@ -184,8 +184,8 @@ def _search_main():
         (["num_samples=0"], "error: num_samples: 0 is not allowed; must be >= 1"),
         (["run.schedule.p0=2"], "error: run.schedule.p0: 2.0 is outside [0, 1]"),
         (["run.optim.lrr=0.1"], "error: run.optim.lrr: unknown key; did you mean 'lr'?"),
-        (["run.method.granularity=4"], "error: run.method.granularity: 4 is impossible for resnet56 -> resnet14: "
-                                       "stage 0 has 2 student and 9 teacher blocks, fewer than the 4 units asked for"),
+        (["run.method.granularity=4"], "error: run.method.granularity: 4 is impossible for resnet56 -> resnet8: "
+                                       "stage 0 has 1 student and 9 teacher blocks, fewer than the 4 units asked for"),
         (["run.student.arch=vgg8"], "error: run.student.arch: 'vgg8' has 5 stages and teacher.arch 'resnet56' 3; "
                                     "swapping needs the same number"),
         (["run.method.kd_weight=0.3"], "error: run.method.kd_weight: 0.3 is not allowed; method.name=iakd has no KD "

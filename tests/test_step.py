@@ -113,6 +113,39 @@ def test_the_graph_ready_step_trains_what_the_eager_step_trains(name):
     assert step.num_graphs == 0  # nothing is captured on the CPU
 
 
+def _update(name, compute=None, dtype=torch.float32, steps=2):
+    """The change of the trainable weights over the first ``steps`` steps of the graph-ready step, flattened."""
+    method = _method(name).to(dtype)
+    compute = compute or Compute(torch.device("cpu"))
+    compute.apply(method)
+    before = torch.cat([p.detach().double().flatten() for p in method.trainable_parameters()])
+    step = GraphedStep(method, _optimizer(method), EpochTotals(torch.device("cpu")), compute, capture=False)
+    step.set_lr()
+    for (images, labels), swap in zip(_batches(steps), _masks(steps), strict=True):
+        step(images.to(dtype), labels, swap if method.uses_swap else None)
+    return torch.cat([p.detach().double().flatten() for p in method.trainable_parameters()]) - before
+
+
+@pytest.mark.parametrize("name", ["ce", "iakd+kd"])
+def test_channels_last_changes_rounding_only(name):
+    """channels_last moves the weights as the standard layout does, up to float32's own error (measured against
+    float64: a small network on noise at batch 32 is ill-conditioned enough that float32 is off by ~1 %)."""
+    exact = _update(name, dtype=torch.float64)
+    fp32 = _update(name)
+    nhwc = _update(name, Compute(torch.device("cpu"), channels_last=True))
+    fp32_error = (fp32 - exact).abs().max()
+    assert (nhwc - fp32).abs().max() <= 2 * fp32_error + 1e-9
+    assert (nhwc - exact).abs().max() <= 2 * fp32_error + 1e-9
+
+
+def test_bf16_moves_the_weights_as_float32_does():
+    exact = _update("iakd+kd", dtype=torch.float64)
+    bf16 = _update("iakd+kd", Compute(torch.device("cpu"), bf16=True, channels_last=True))
+    cosine = torch.nn.functional.cosine_similarity(bf16, exact, dim=0).item()
+    assert cosine > 0.99
+    assert bf16.norm().item() == pytest.approx(exact.norm().item(), rel=0.05)
+
+
 def test_the_graph_ready_step_follows_the_learning_rate_tensor():
     method = _method("ce")
     optimizer = _optimizer(method, momentum=0.0, weight_decay=0.0)
