@@ -109,8 +109,8 @@ def eager_variants(teacher_arch: str, student_arch: str, device: torch.device, b
 
 
 def graphed_variants(teacher_arch: str, student_arch: str, device: torch.device, batch_size: int) -> list[Variant]:
-    """The same steps as CUDA graphs (``iakd.step.GraphedStep``), timed beside the eager ones on CUDA. One
-    method object per figure serves all its masks, as in a run: each mask is a graph of its own."""
+    """The same steps as CUDA graphs (``iakd.step.GraphedStep``), timed beside the eager ones on CUDA; each
+    mask's variant captures its own graph on its second step (in the warm-up round)."""
     return eager_variants(teacher_arch, student_arch, device, batch_size, graphed=True)
 
 
