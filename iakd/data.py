@@ -443,22 +443,19 @@ def check_data_folder(name: str, data_dir: str | Path, *, download: bool = False
 
 def _load_cifar(name: str, data_dir: Path, val_fraction: float, split_seed: int, device: str | torch.device,
                 download: bool) -> Dataset:
+    folder = data_dir / _CIFAR_FOLDERS[name]
     if name == "cifar10":
-        folder = data_dir / "cifar-10-batches-py"
         train_files = [f"data_batch_{i}" for i in range(1, 6)]
         test_file, label_key, num_classes = "test_batch", b"labels", 10
         normalization, downloader = CIFAR10_NORMALIZATION, torchvision.datasets.CIFAR10
     else:
-        folder = data_dir / "cifar-100-python"
         train_files = ["train"]
         test_file, label_key, num_classes = "test", b"fine_labels", 100
         normalization, downloader = CIFAR100_NORMALIZATION, torchvision.datasets.CIFAR100
     if not folder.is_dir() and download:
         # torchvision only fetches and unpacks the archive here; reading goes through our own checked reader.
         downloader(root=str(data_dir), train=True, download=True)
-    if not folder.is_dir():
-        raise DataError(f"{name}: folder {folder} not found; download it with data.download=true or put the "
-                        "official python-version files there")
+    check_data_folder(name, data_dir)  # the door's own message, for library callers too
     parts = [read_cifar_batch(folder / file, label_key, num_classes) for file in train_files]
     train_images = torch.cat([images for images, _ in parts])
     train_labels = torch.cat([labels for _, labels in parts])

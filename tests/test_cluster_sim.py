@@ -15,91 +15,17 @@ There is no CUDA here: the fake GPUs exist only in Ray's bookkeeping and every t
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
+from mlflow_server import MlflowServer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "tune" / "configs" / "digits.yaml"
 SAMPLES = 2
 EPOCHS = 2
-SERVER_START_S = 120  # MLflow's first start creates its tables: ~30 s on a busy 2-core machine
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(base: str, endpoint: str, **query) -> dict:
-    url = f"{base}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}"
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return json.load(response)
-
-
-def _post(base: str, endpoint: str, body: dict) -> dict:
-    request = urllib.request.Request(f"{base}/api/2.0/mlflow/{endpoint}", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)
-
-
-class MlflowServer:
-    """A real ``mlflow server`` on loopback and a free port, in its own process group."""
-
-    def __init__(self, folder: Path) -> None:
-        self.url = f"http://127.0.0.1:{_free_port()}"
-        self.artifacts = folder / "artifacts"  # on the cluster: s3://<bucket>/mlflow-artifacts
-        self.artifacts.mkdir(parents=True)
-        self.log_path = folder / "server.log"
-        command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
-                   "--artifacts-destination", str(self.artifacts), "--host", "127.0.0.1",
-                   "--port", self.url.rsplit(":", 1)[1], "--workers", "1"]
-        with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            cwd=folder, start_new_session=True)
-
-    def wait_healthy(self) -> None:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            if self.process.poll() is not None:
-                pytest.fail(f"mlflow server exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=5) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not healthy after {SERVER_START_S} s:\n{self.log_tail()}")
-            time.sleep(0.5)
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text()[-3000:]
-
-    def stop(self) -> None:
-        """Stop the server and the workers it spawned (uvicorn, MLflow's job runner): its process group."""
-        if self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
 
 
 @pytest.fixture
@@ -108,7 +34,7 @@ def mlflow_server(tmp_path):
     server = MlflowServer(tmp_path / "server")
     try:
         # Healthy before Ray starts: once the server holds its port, none of Ray's processes can take it.
-        server.wait_healthy()
+        server.start()
         yield server
     finally:
         server.stop()
@@ -168,9 +94,9 @@ def test_trials_run_on_the_gpu_workers_and_log_to_the_mlflow_server(mlflow_serve
     assert not summary.interrupted and len(summary.trials) == SAMPLES
     assert summary.tracking_uri == url
 
-    experiment_id = _get(url, "experiments/get-by-name", experiment_name=experiment.config.experiment)[
+    experiment_id = mlflow_server.get("experiments/get-by-name", experiment_name=experiment.config.experiment)[
         "experiment"]["experiment_id"]
-    runs = _post(url, "runs/search", {"experiment_ids": [experiment_id], "max_results": 100})["runs"]
+    runs = mlflow_server.post("runs/search", {"experiment_ids": [experiment_id], "max_results": 100})["runs"]
     tags = {r["info"]["run_id"]: {t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs}
     parent = next(r for r in runs if r["info"]["run_id"] == summary.parent_run_id)
     assert parent["info"]["status"] == "FINISHED"
@@ -186,14 +112,14 @@ def test_trials_run_on_the_gpu_workers_and_log_to_the_mlflow_server(mlflow_serve
         assert run_tags["node"] in workers, f"trial ran on {run_tags['node']}, not on a worker (head {head})"
         used.add(run_tags["node"])
 
-        history = _get(url, "metrics/get-history", run_id=run_id, metric_key="val_acc")["metrics"]
+        history = mlflow_server.get("metrics/get-history", run_id=run_id, metric_key="val_acc")["metrics"]
         assert sorted(m["step"] for m in history) == list(range(1, EPOCHS + 1))
         assert all(0.0 <= m["value"] <= 100.0 for m in history)
         final = {m["key"]: m["value"] for m in run["data"]["metrics"]}
         assert final["epochs"] == EPOCHS
         assert final["best_val_acc"] == max(m["value"] for m in history)
 
-        listed = _get(url, "artifacts/list", run_id=run_id).get("files", [])
+        listed = mlflow_server.get("artifacts/list", run_id=run_id).get("files", [])
         sizes = {f["path"]: int(f.get("file_size", 0)) for f in listed if not f.get("is_dir")}
         assert {"config.yaml", "student.pt", "train.log"} <= set(sizes), sorted(sizes)
         assert all(sizes[name] > 0 for name in ("config.yaml", "student.pt", "train.log"))

@@ -23,13 +23,9 @@ test's Ray session is killed at the end whatever happened.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -38,6 +34,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from mlflow_server import MlflowServer
 from search_process import Search, until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,83 +48,25 @@ HANG_SECONDS, DOWN_SECONDS = 5.0, 3.0
 MLFLOW_CLIENT = {"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``mlflow server`` in its own process group (uvicorn's worker is in it too), output to a file."""
-
-    def __init__(self, tmp: Path, port: int, env: dict[str, str]):
-        self.tmp, self.port, self.env = tmp, port, env
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self, timeout: float = 120) -> None:
-        self.starts += 1
-        with open(self.tmp / f"server-{self.starts}.log", "w") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.tmp}/mlflow.db",
-                 "--artifacts-destination", str(self.tmp / "artifacts"), "--host", "127.0.0.1",
-                 "--port", str(self.port), "--workers", "1"],
-                cwd=self.tmp, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {self.proc.returncode}\n{self.log()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (OSError, urllib.error.URLError):
-                pass
-            time.sleep(0.25)
-        pytest.fail(f"mlflow server not up within {timeout:.0f}s\n{self.log()}")
-
-    def log(self) -> str:
-        return (self.tmp / f"server-{self.starts}.log").read_text()[-3000:]
-
-    def signal(self, sig: int) -> None:
-        os.killpg(self.proc.pid, sig)
-
-    def kill(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=30)
-
-    def get(self, endpoint: str, timeout: float = 10, **params) -> dict:
-        query = urllib.parse.urlencode(params)
-        with urllib.request.urlopen(f"{self.url}/api/2.0/mlflow/{endpoint}?{query}", timeout=timeout) as response:
-            return json.load(response)
-
-    def post(self, endpoint: str, body: dict, timeout: float = 10) -> dict:
-        request = urllib.request.Request(f"{self.url}/api/2.0/mlflow/{endpoint}", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.load(response)
+class Server(MlflowServer):
+    """The sweep's MLflow server, with what the test reads of its runs."""
 
     def runs(self, role: str) -> list[dict]:
         """Every run of the experiment with tag ``iakd.role == role``, as the REST API returns them."""
         try:
-            experiment = self.get("experiments/get-by-name", experiment_name=EXPERIMENT)["experiment"]
+            experiment = self.get("experiments/get-by-name", timeout=10, experiment_name=EXPERIMENT)["experiment"]
         except urllib.error.HTTPError as error:
             if error.code == 404:  # the driver has not created the experiment yet
                 return []
             raise
         found = self.post("runs/search", {"experiment_ids": [experiment["experiment_id"]],
-                                          "filter": f"tags.`iakd.role` = '{role}'", "max_results": 100})
+                                          "filter": f"tags.`iakd.role` = '{role}'", "max_results": 100}, timeout=10)
         return found.get("runs", [])
 
     def history(self, run_id: str, key: str) -> list[tuple[int, float, int]]:
         """(step, value, timestamp in ms) of every value logged for ``key``, by step."""
-        metrics = self.get("metrics/get-history", run_id=run_id, metric_key=key, max_results=1000).get("metrics", [])
+        metrics = self.get("metrics/get-history", timeout=10, run_id=run_id, metric_key=key,
+                           max_results=1000).get("metrics", [])
         return sorted((int(m.get("step", 0)), m["value"], int(m["timestamp"])) for m in metrics)
 
 
@@ -174,7 +113,7 @@ def env():
 @pytest.fixture
 def server(tmp_path, env):
     # The server needs no background job runner; without it, it starts faster on two cores.
-    server = Server(tmp_path, _free_port(), {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    server = Server(tmp_path, {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     server.start()
     yield server
     server.kill()
