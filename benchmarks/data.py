@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from iakd.data import CIFAR100_NORMALIZATION, TensorSplit
+from iakd.engine import resolve_device
 
 
 class HWCImages(Dataset):
@@ -62,8 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     n = args.images or (5000 if args.quick else 10000)
     repeats = args.repeats or (3 if args.quick else 5)
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from iakd import methods, models
+from iakd.engine import resolve_device
 from iakd.frozen import freeze_teacher
 from iakd.step import Compute, EagerStep, EpochTotals, GraphedStep
 
@@ -180,8 +181,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     repeats = args.repeats or (3 if args.quick else 6)
     steps = args.steps or (20 if device.type == "cuda" else (1 if args.quick else 2))
     pairs = PAIRS[:1] if args.quick else PAIRS
