@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,3 +60,41 @@ def until(condition, timeout: float, search: Search, what: str, every: float = 0
             pytest.fail(f"tune/search.py exited with {search.proc.returncode} before {what}\n{search.tail()}")
         time.sleep(every)
     pytest.fail(f"no {what} within {timeout:.0f}s\n{search.tail()}")
+
+
+def session_processes(ray_tmp: str) -> dict[int, str]:
+    """pid -> command line of every process whose environment holds ``RAY_TMPDIR=ray_tmp``: one test's Ray
+    session and nothing else (other Ray clusters on the machine have other temp folders)."""
+    found = {}
+    wanted = f"RAY_TMPDIR={ray_tmp}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if wanted in (entry / "environ").read_bytes().split(b"\0"):
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
+@contextlib.contextmanager
+def search_env(**extra: str) -> Iterator[dict[str, str]]:
+    """The environment of search processes: this one's without RAY_, MLFLOW_ and IAKD_ variables, plus a short
+    private RAY_TMPDIR (socket paths < 107 characters; no joining a stray cluster) and TMPDIR (a trial restored
+    from a checkpoint leaves a copy of it in tempfile.gettempdir()), workers at normal priority (Ray runs them at
+    nice 15, and beside any busy process they would crawl), one torch thread for the driver (2 cores shared with
+    Ray), and ``extra``. Afterwards every process of that Ray session is killed and the folder removed."""
+    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")
+    values = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_", "IAKD_"))}
+    values.update(RAY_TMPDIR=ray_tmp, TMPDIR=ray_tmp, RAY_worker_niceness="0", PYTHONUNBUFFERED="1",
+                  OMP_NUM_THREADS="1", **extra)
+    try:
+        yield values
+    finally:
+        for pid in session_processes(ray_tmp):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(ray_tmp, ignore_errors=True)

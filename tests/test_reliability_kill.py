@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import signal
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from search_process import Search, until
+from search_process import Search, search_env, session_processes, until
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 6
@@ -48,47 +46,15 @@ def _overrides(tmp: Path) -> list[str]:
             "space.schedule.interval=null", f"storage_path={tmp}/ray", f"tracking_uri=sqlite:///{tmp}/mlflow.db"]
 
 
-def _session_processes(ray_tmp: str) -> dict[int, str]:
-    """pid -> command line of every process whose environment holds ``RAY_TMPDIR=ray_tmp``: this test's Ray
-    session and nothing else (other Ray clusters on the machine have other temp folders)."""
-    found = {}
-    wanted = f"RAY_TMPDIR={ray_tmp}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if wanted in (entry / "environ").read_bytes().split(b"\0"):
-                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-    return found
-
-
-def _kill_session(ray_tmp: str) -> None:
-    for pid in _session_processes(ray_tmp):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 @pytest.fixture
 def env():
-    """The search's environment: a short private RAY_TMPDIR (socket paths < 107 characters; no joining a stray
-    cluster) and TMPDIR, workers at normal priority, one torch thread for the driver (2 cores shared with Ray).
-    Afterwards every process of this Ray session is killed and the folder removed."""
-    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")
-    values = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    values.update(RAY_TMPDIR=ray_tmp, TMPDIR=ray_tmp, RAY_worker_niceness="0", PYTHONUNBUFFERED="1",
-                  OMP_NUM_THREADS="1")
-    yield values
-    _kill_session(ray_tmp)
-    shutil.rmtree(ray_tmp, ignore_errors=True)
+    with search_env() as values:
+        yield values
 
 
 def _trial_worker(ray_tmp: str) -> int | None:
     """The pid of the one Ray worker running a trial (its title is ``ray::ImplicitFunc[.method]``), else None."""
-    workers = [pid for pid, cmd in _session_processes(ray_tmp).items() if cmd.startswith("ray::ImplicitFunc")]
+    workers = [pid for pid, cmd in session_processes(ray_tmp).items() if cmd.startswith("ray::ImplicitFunc")]
     return workers[0] if len(workers) == 1 else None
 
 
@@ -158,7 +124,7 @@ def test_a_trial_whose_worker_is_killed_resumes_exactly_in_its_own_run(tmp_path,
     assert KILL_AFTER_EPOCH - 1 <= resumed_at <= epochs_at_kill < EPOCHS, log
     assert [line.split()[1] for line in log.splitlines() if line.startswith("epoch")] == [
         f"{e}/{EPOCHS}" for e in range(1, EPOCHS + 1)]
-    assert worker not in _session_processes(env["RAY_TMPDIR"])
+    assert worker not in session_processes(env["RAY_TMPDIR"])
 
     # Exactly the uninterrupted figures and weights.
     config = yaml.safe_load(Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path)))

@@ -23,10 +23,7 @@ test's Ray session is killed at the end whatever happened.
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -35,7 +32,7 @@ from pathlib import Path
 
 import pytest
 from mlflow_server import MlflowServer
-from search_process import Search, until
+from search_process import Search, search_env, until
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 6
@@ -78,36 +75,11 @@ def _tags(run: dict) -> dict[str, str]:
     return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
 
 
-def _session_processes(ray_tmp: str) -> list[int]:
-    """Every process whose environment holds ``RAY_TMPDIR=ray_tmp``: this test's Ray session, nothing else."""
-    found = []
-    wanted = f"RAY_TMPDIR={ray_tmp}".encode()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if wanted in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
 @pytest.fixture
 def env():
-    """A short private RAY_TMPDIR (socket paths < 107 characters; no joining a stray cluster) and TMPDIR,
-    workers at normal priority, one torch thread, and the MLflow client's retry settings. Afterwards every
-    process of this Ray session is killed and the folder removed."""
-    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")
-    values = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_", "IAKD_"))}
-    values.update(RAY_TMPDIR=ray_tmp, TMPDIR=ray_tmp, RAY_worker_niceness="0", PYTHONUNBUFFERED="1",
-                  OMP_NUM_THREADS="1", **MLFLOW_CLIENT)
-    yield values
-    for pid in _session_processes(ray_tmp):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    shutil.rmtree(ray_tmp, ignore_errors=True)
+    """The search's environment (search_env) with the MLflow client's retry settings."""
+    with search_env(**MLFLOW_CLIENT) as values:
+        yield values
 
 
 @pytest.fixture

@@ -15,15 +15,12 @@ Every wait has a deadline, and the processes run in their own process group, kil
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from search_process import Search, until
+from search_process import Search, search_env, until
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = 3
@@ -39,18 +36,9 @@ def _overrides(tmp: Path) -> list[str]:
 
 
 @pytest.fixture
-def env(tmp_path):
-    """The environment of the search processes: a short private RAY_TMPDIR (socket paths < 107 characters;
-    no joining a stray cluster), removed afterwards, and one torch thread for the driver's teacher (2 cores,
-    shared with Ray's processes)."""
-    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")
-    values = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    # TMPDIR too: a trial restored from a checkpoint leaves a copy of it in tempfile.gettempdir().
-    # RAY_worker_niceness: Ray runs its workers at nice 15, and beside any busy process they would crawl.
-    values.update(RAY_TMPDIR=ray_tmp, TMPDIR=ray_tmp, RAY_worker_niceness="0", PYTHONUNBUFFERED="1",
-                  OMP_NUM_THREADS="1")
-    yield values
-    shutil.rmtree(ray_tmp, ignore_errors=True)
+def env():
+    with search_env() as values:
+        yield values
 
 
 def test_an_interrupted_sweep_finishes_with_resume(tmp_path, env):
