@@ -40,6 +40,21 @@ def _masks(n, units=3):
     return [cycle[(0, 5, 3, 6)[i % 4]] for i in range(n)]  # four masks (none, some, all but one), each repeated
 
 
+def _train_steps(make, name, n=8, device="cpu", dtype=torch.float32):
+    """``n`` steps of ``make``'s step on a fresh method: (the method, the epoch's totals, the step)."""
+    method = _method(name, device).to(dtype)
+    optimizer = _optimizer(method)
+    totals = EpochTotals(torch.device(device))
+    step = make(method, optimizer, totals)
+    step.set_lr()
+    seen = 0
+    masks = _masks(n) if method.uses_swap else [None] * n
+    for (images, labels), swap in zip(_batches(n, device), masks, strict=True):
+        step(images.to(dtype), labels, swap)
+        seen += labels.shape[0]
+    return method, totals.read(seen), step
+
+
 def _lockstep(name, make_b, device="cpu", n=8, rtol=1e-5, atol=1e-6):
     """The eager step and ``make_b``'s step side by side on two equal methods. After each step their weights,
     BatchNorm statistics and momentum buffers must agree; then b is set to a's state, in place (graphs keep
@@ -113,17 +128,20 @@ def test_the_graph_ready_step_trains_what_the_eager_step_trains(name):
     assert step.num_graphs == 0  # nothing is captured on the CPU
 
 
+def _weights(method):
+    return torch.cat([p.detach().double().flatten() for p in method.trainable_parameters()])
+
+
 def _update(name, compute=None, dtype=torch.float32, steps=2):
     """The change of the trainable weights over the first ``steps`` steps of the graph-ready step, flattened."""
-    method = _method(name).to(dtype)
     compute = compute or Compute(torch.device("cpu"))
-    compute.apply(method)
-    before = torch.cat([p.detach().double().flatten() for p in method.trainable_parameters()])
-    step = GraphedStep(method, _optimizer(method), EpochTotals(torch.device("cpu")), compute, capture=False)
-    step.set_lr()
-    for (images, labels), swap in zip(_batches(steps), _masks(steps), strict=True):
-        step(images.to(dtype), labels, swap if method.uses_swap else None)
-    return torch.cat([p.detach().double().flatten() for p in method.trainable_parameters()]) - before
+
+    def make(method, optimizer, totals):
+        compute.apply(method)
+        return GraphedStep(method, optimizer, totals, compute, capture=False)
+
+    method, _, _ = _train_steps(make, name, n=steps, dtype=dtype)
+    return _weights(method) - _weights(_method(name))  # _method builds the same initial weights each time
 
 
 @pytest.mark.parametrize("name", ["ce", "iakd+kd"])
@@ -298,19 +316,6 @@ def deterministic_cudnn(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
 
 
-def _train_steps(make, name, n=8, device="cuda"):
-    method = _method(name, device)
-    optimizer = _optimizer(method)
-    totals = EpochTotals(torch.device(device))
-    step = make(method, optimizer, totals)
-    step.set_lr()
-    seen = 0
-    for (images, labels), swap in zip(_batches(n, device), _masks(n), strict=True):
-        step(images, labels, swap)
-        seen += labels.shape[0]
-    return method, totals.read(seen), step
-
-
 @needs_cuda
 def test_captured_and_uncaptured_steps_are_bit_identical_on_cuda(deterministic_cudnn):
     """Captured replays run the same kernels as the uncaptured step: what makes resume exact with graphs."""
@@ -320,7 +325,7 @@ def test_captured_and_uncaptured_steps_are_bit_identical_on_cuda(deterministic_c
     def uncaptured(method, optimizer, totals):
         return GraphedStep(method, optimizer, totals, Compute(totals.device), capture=True, max_graphs=0)
 
-    (a, ma, sa), (b, mb, sb) = _train_steps(captured, "iakd+kd"), _train_steps(uncaptured, "iakd+kd")
+    (a, ma, sa), (b, mb, sb) = (_train_steps(make, "iakd+kd", device="cuda") for make in (captured, uncaptured))
     assert sa.num_graphs == 4 and sb.num_graphs == 0
     for key, value in a.trainable_state_dict().items():
         assert torch.equal(value, b.trainable_state_dict()[key]), key
