@@ -25,8 +25,8 @@ from iakd.models import ARCHS, blocks_per_stage
 from iakd.units import canonical_granularity, parse_granularity
 
 __all__ = ["DataConfig", "TeacherConfig", "StudentConfig", "MethodConfig", "OptimConfig", "ComputeConfig",
-           "TrainConfig", "load_config", "from_dict", "build_dataclass", "read_yaml", "apply_overrides",
-           "parse_overrides", "to_dict", "flat_items"]
+           "EvaluationConfig", "TrainConfig", "load_config", "from_dict", "build_dataclass", "read_yaml",
+           "apply_overrides", "parse_overrides", "to_dict", "flat_items"]
 
 
 DEFAULT_SCHEDULE: dict[str, Any] = {"family": "linear", "p0": 0.5, "t_end": 0.8}
@@ -65,6 +65,18 @@ class MethodConfig:
     ce_weight: float | None = None  # None: the method's default (kd 0.1, otherwise 1.0)
     kd_weight: float | None = None  # None: the method's default (kd and iakd+kd 0.9); > 0 only for those
     temperature: float = 4.0
+    # how a swapped-in teacher unit normalises inside the hybrid (iakd.hybrid.TEACHER_BN_MODES)
+    teacher_bn: Literal["frozen", "batch"] = "frozen"
+
+
+@dataclass
+class EvaluationConfig:
+    """How the pure student is evaluated after each epoch."""
+
+    # recompute: its BatchNorm statistics are recomputed on training images before each evaluation (statistics
+    # gathered inside hybrids describe hybrids, not the pure student); running: its running statistics as they are
+    student_bn: Literal["recompute", "running"] = "recompute"
+    bn_images: int = 2048  # at most this many training images (unaugmented, in split order) for the recompute
 
 
 @dataclass
@@ -98,6 +110,7 @@ class TrainConfig:
     schedule: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SCHEDULE))
     optim: OptimConfig = field(default_factory=OptimConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     out_dir: str = "runs/train"
@@ -223,7 +236,8 @@ def _check(cfg: TrainConfig) -> None:
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         fail("data.val_fraction", cfg.data.val_fraction, "must be in [0, 1)")
     positive = {"optim.epochs": cfg.optim.epochs, "optim.batch_size": cfg.optim.batch_size, "optim.lr": cfg.optim.lr,
-                "method.temperature": cfg.method.temperature, "checkpoint_every": cfg.checkpoint_every}
+                "method.temperature": cfg.method.temperature, "checkpoint_every": cfg.checkpoint_every,
+                "evaluation.bn_images": cfg.evaluation.bn_images}
     if cfg.teacher.epochs is not None:
         positive["teacher.epochs"] = cfg.teacher.epochs
     if cfg.teacher.batch_size is not None:

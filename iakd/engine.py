@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import random
@@ -40,7 +41,8 @@ from iakd.step import Compute, EpochTotals, make_step
 from iakd.teachers import cache_path, load_teacher, save_teacher
 
 __all__ = ["Callback", "train", "evaluate", "prepare_teacher", "teacher_file", "resolve_device", "stream_seed",
-           "build_student", "build_method", "teacher_warning", "load_data", "read_resume_checkpoint"]
+           "build_student", "build_method", "teacher_warning", "load_data", "read_resume_checkpoint",
+           "recompute_bn_statistics", "judged_epochs", "handed_over"]
 
 # Called after each epoch with its metrics and the checkpoint just written (or None); True asks to stop.
 Callback = Callable[[dict[str, Any], "Path | None"], "bool | None"]
@@ -103,7 +105,8 @@ def build_method(cfg: TrainConfig, student: models.ZooModel, teacher: models.Zoo
     """The config's method around ``student``; connectors (where widths differ) draw from their own stream."""
     m = cfg.method
     with _seeded(cfg.seed, "connectors"):
-        return methods.build(m.name, student, teacher, granularity=m.granularity, ce_weight=m.ce_weight,
+        return methods.build(m.name, student, teacher, granularity=m.granularity, teacher_bn=m.teacher_bn,
+                             ce_weight=m.ce_weight,
                              kd_weight=m.kd_weight, temperature=m.temperature,
                              swap_seed=stream_seed(cfg.seed, "swap"), input_size=input_size,
                              pair=f"{cfg.teacher.arch} -> {cfg.student.arch}")
@@ -131,6 +134,32 @@ def teacher_warning(accuracy: float, num_classes: int) -> str | None:
         return (f"the teacher's test accuracy {accuracy:.1f}% is within {TEACHER_CHANCE_MARGIN:g} points of chance "
                 f"({chance:.1f}%): an untrained or wrong teacher file? A hybrid with it may diverge")
     return None
+
+
+@torch.no_grad()
+def recompute_bn_statistics(student: torch.nn.Module, split, max_images: int, compute: Compute | None = None,
+                            batch_size: int = 256) -> None:
+    """Recompute ``student``'s BatchNorm running statistics on the first ``max_images`` images of ``split``
+    (unaugmented, in split order: no random stream is touched) with torch's ``update_bn``: the statistics of
+    the pure student as it is now, not of the hybrids it trained in."""
+    compute = compute or Compute(torch.device("cpu"))
+    batch_size = min(batch_size, max_images)
+    batches = itertools.islice(split.batches(batch_size, shuffle=False, augment=False),
+                               math.ceil(min(len(split), max_images) / batch_size))
+    with compute.autocast():
+        torch.optim.swa_utils.update_bn((compute.prepare(images) for images, _ in batches), student)
+
+
+def handed_over(metrics: dict[str, Any]) -> bool:
+    """True for an epoch in which the student trained alone throughout (its swap probability was 0)."""
+    return metrics.get("swap_prob", 0.0) == 0.0
+
+
+def judged_epochs(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The epochs a run is judged on: those after its swap schedule handed over (every epoch of a method that
+    does not swap), or the last epoch alone where the schedule never reaches 0. A schedule is never scored
+    while its student still trains inside hybrids, or every late-handover schedule loses by construction."""
+    return [h for h in history if handed_over(h)] or history[-1:]
 
 
 @torch.no_grad()
@@ -211,6 +240,42 @@ def load_data(cfg: TrainConfig, device: torch.device) -> Dataset:
                         train_size=d.train_size)
 
 
+def _evaluate_student(method: methods.Method, dataset: Dataset, cfg: TrainConfig,
+                      compute: Compute) -> dict[str, float]:
+    """The pure student's accuracies after an epoch, and what shows how the hybrid is doing.
+
+    ``val_acc_running_bn`` uses the student's running BatchNorm statistics as training left them (inside
+    hybrids, they describe hybrids); with ``evaluation.student_bn=recompute`` they are then recomputed on
+    training images, and ``val_acc`` / ``test_acc`` use the recomputed ones (kept: they are the student's own).
+    For swapping methods, ``rms_ratio_u<i>`` is unit i's student/teacher output RMS at the same input.
+    """
+    out = {"val_acc_running_bn": evaluate(method, dataset.val, compute=compute)}
+    if cfg.evaluation.student_bn == "recompute":
+        recompute_bn_statistics(method.student, dataset.train, cfg.evaluation.bn_images, compute)
+        out["val_acc"] = evaluate(method, dataset.val, compute=compute)
+    else:
+        out["val_acc"] = out["val_acc_running_bn"]
+    out["test_acc"] = evaluate(method, dataset.test, compute=compute)
+    if method.uses_swap:
+        probe, _ = next(dataset.train.batches(32, shuffle=False, augment=False))  # a fixed batch: cheap, comparable
+        with compute.autocast():
+            ratios = method.hybrid.unit_rms_ratios(compute.prepare(probe))
+        out.update({f"rms_ratio_u{i}": r for i, r in enumerate(ratios)})
+    return out
+
+
+def _progress_line(m: dict[str, Any], cfg: TrainConfig) -> str:
+    """One line per epoch: losses, the hybrid's (or student's) training accuracy, the pure student's val and
+    test accuracy, its val accuracy with running BatchNorm statistics, p, the units' RMS ratios, speed."""
+    swaps = methods.METHODS[cfg.method.name].uses_swap
+    ratios = [v for k, v in m.items() if k.startswith("rms_ratio_u")]
+    return (f"epoch {m['epoch']:>3}/{cfg.optim.epochs}  loss {m['train_loss']:.4f}  "
+            f"{'hybrid' if swaps else 'train'} {m['train_acc']:5.1f}%  val {m['val_acc']:5.1f}% "
+            f"(running bn {m['val_acc_running_bn']:5.1f}%)  test {m['test_acc']:5.1f}%  p {m['swap_prob']:.3f}"
+            + (f"  rms s/t {' '.join(f'{r:.2f}' for r in ratios)}" if ratios else "")
+            + f"  lr {m['lr']:.4g}  {m['epoch_seconds']:.1f}s ({m['images_per_second']:.0f} img/s)")
+
+
 def train(
     cfg: TrainConfig,
     callbacks: Iterable[Callback] = (),
@@ -241,7 +306,10 @@ def train(
         warning = teacher_warning(teacher_acc, dataset.num_classes)
         if warning:
             log(f"warning: {warning}")
-        teacher = freeze_teacher(teacher)  # BatchNorm folded into the convolutions: it only ever infers
+        if cfg.method.teacher_bn == "frozen" or not methods.METHODS[cfg.method.name].uses_swap:
+            teacher = freeze_teacher(teacher)  # BatchNorm folded into the convolutions: it only ever infers
+        # else the hybrid's copy needs the BatchNorm layers (it normalises with batch statistics), and the
+        # standalone teacher (IAKD+KD's logits) is the loaded one in eval mode: the same arithmetic, unfolded
     student = build_student(cfg.student.arch, dataset.num_classes, cfg.seed)
     method = build_method(cfg, student, teacher, dataset.image_size).to(device)
     compute = Compute(device, bf16=cfg.compute.bf16, channels_last=cfg.compute.channels_last)
@@ -309,8 +377,7 @@ def train(
         metrics = {
             "epoch": epoch + 1,
             **epoch_metrics,
-            "val_acc": evaluate(method, dataset.val, compute=compute),
-            "test_acc": evaluate(method, dataset.test, compute=compute),
+            **_evaluate_student(method, dataset, cfg, compute),
             "lr": lr,
             "swap_prob": prob_sum / num_batches,
             "swap_rate": swapped / swap_draws if swap_draws else 0.0,
@@ -321,9 +388,7 @@ def train(
             "train_seconds": previous.get("train_seconds", 0.0) + seconds,
         }
         history.append(metrics)
-        log(f"epoch {epoch + 1:>3}/{cfg.optim.epochs}  loss {metrics['train_loss']:.4f}  "
-            f"train {metrics['train_acc']:5.1f}%  val {metrics['val_acc']:5.1f}%  test {metrics['test_acc']:5.1f}%  "
-            f"p {metrics['swap_prob']:.3f}  lr {lr:.4g}  {seconds:.1f}s ({metrics['images_per_second']:.0f} img/s)")
+        log(_progress_line(metrics, cfg))
         checkpoint = None
         if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.optim.epochs:
             checkpoint = save_atomic({
@@ -340,8 +405,8 @@ def train(
     save_teacher(out_dir / "student.pt", method.student, arch=cfg.student.arch, dataset=cfg.data.name,
                  num_classes=dataset.num_classes, accuracy=history[-1]["test_acc"] if history else None,
                  config=to_dict(cfg))
-    val = [h["val_acc"] for h in history if not math.isnan(h["val_acc"])]
-    best = max(range(len(history)), key=lambda i: history[i]["val_acc"], default=None) if val else None
+    judged = [h for h in judged_epochs(history) if not math.isnan(h["val_acc"])]
+    best = max(judged, key=lambda h: h["val_acc"], default=None)
     return {
         "status": status,
         "message": message,
@@ -349,8 +414,9 @@ def train(
         "num_classes": dataset.num_classes,
         "teacher_test_acc": teacher_acc,
         "teacher_warning": warning,
-        "best_val_acc": history[best]["val_acc"] if best is not None else float("nan"),
-        "best_epoch": history[best]["epoch"] if best is not None else None,
+        # best over the epochs the run is judged on (after its schedule handed over): see judged_epochs
+        "best_val_acc": best["val_acc"] if best is not None else float("nan"),
+        "best_epoch": best["epoch"] if best is not None else None,
         "last_val_acc": history[-1]["val_acc"] if history else float("nan"),
         "last_test_acc": history[-1]["test_acc"] if history else float("nan"),
         "history": history,

@@ -29,7 +29,7 @@ from torch import fx, nn
 
 from iakd.models import ZooModel
 
-__all__ = ["fold_batchnorm", "foldable_pairs", "freeze_teacher"]
+__all__ = ["BatchStatisticsNorm", "batch_statistics_teacher", "fold_batchnorm", "foldable_pairs", "freeze_teacher"]
 
 # Each data-dependent branch (VGG pools by input size) doubles the paths to trace; beyond this, give up on the piece.
 _MAX_PATHS = 64
@@ -189,3 +189,34 @@ def freeze_teacher(model: ZooModel) -> ZooModel:
     frozen = copy.deepcopy(model).eval()
     fold_batchnorm(frozen)
     return frozen.eval().requires_grad_(False)
+
+
+class BatchStatisticsNorm(nn.Module):
+    """A teacher's BatchNorm2d that normalises with the batch's own statistics: its affine parameters are kept
+    (frozen, as buffers), its running statistics are neither read nor updated.
+
+    Inside a hybrid, a teacher unit fed by a student part sees activations whose statistics are not the
+    teacher's own; normalising with the batch's statistics lets it adapt to what the student feeds it, while
+    the teacher's weights and running statistics stay exactly as trained.
+    """
+
+    def __init__(self, bn: nn.BatchNorm2d):
+        super().__init__()
+        self.num_features, self.eps = bn.num_features, bn.eps
+        self.register_buffer("weight", None if bn.weight is None else bn.weight.detach().clone())
+        self.register_buffer("bias", None if bn.bias is None else bn.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
+
+
+def batch_statistics_teacher(model: ZooModel) -> ZooModel:
+    """A frozen copy of a teacher whose BatchNorm layers normalise with batch statistics
+    (:class:`BatchStatisticsNorm`); the argument is left untouched, and the copy keeps the module structure so
+    that ``HybridNet`` can cut it into units. Its weights never change: there is nothing left to train."""
+    copied = copy.deepcopy(model).eval()
+    roots = [copied, *[block for stage in copied.stages() for block in stage]]
+    bns = {id(m): m for root in roots for m in root.modules() if isinstance(m, nn.BatchNorm2d)}
+    for bn in bns.values():
+        _replace(roots, bn, BatchStatisticsNorm(bn))
+    return copied.requires_grad_(False)

@@ -7,10 +7,16 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from iakd.frozen import batch_statistics_teacher
 from iakd.models import ZooModel
 from iakd.units import Granularity, partition
 
-__all__ = ["HybridNet"]
+__all__ = ["HybridNet", "TEACHER_BN_MODES"]
+
+# How a swapped-in teacher unit normalises: ``frozen`` with its running statistics (exact teacher arithmetic, a
+# student-fed input arrives with other statistics than the teacher's own), ``batch`` with the batch's statistics
+# and its frozen affine parameters (it adapts to what the student feeds it). Its weights never change in either.
+TEACHER_BN_MODES: tuple[str, ...] = ("frozen", "batch")
 
 
 def _connector(in_ch: int, out_ch: int) -> nn.Module:
@@ -25,14 +31,22 @@ class HybridNet(nn.Module):
     teacher's before a teacher unit that follows a student part (``to_teacher[i]``, before unit i), and back after
     a teacher unit that a student part or the head follows (``to_student[i]``, before unit i, or the head at
     i = num_units). Connectors train with the student and play no part in the pure student.
+
+    ``teacher_bn`` (one of ``TEACHER_BN_MODES``) says how the teacher's units normalise inside the hybrid; with
+    ``batch`` the hybrid holds its own copy of the teacher with :class:`~iakd.frozen.BatchStatisticsNorm` layers
+    (pass a teacher whose BatchNorm layers are not folded), and the given teacher is left untouched.
     """
 
     def __init__(self, student: ZooModel, teacher: ZooModel, granularity: Granularity = "stage", *,
-                 input_size: int | None = None, pair: str = "teacher -> student"):
+                 teacher_bn: str = "frozen", input_size: int | None = None, pair: str = "teacher -> student"):
         super().__init__()
+        if teacher_bn not in TEACHER_BN_MODES:
+            raise ValueError(f"teacher_bn: {teacher_bn!r} is not one of {', '.join(TEACHER_BN_MODES)}")
         self.student = student
-        self.teacher = teacher.requires_grad_(False).eval()
-        s_units, t_units = partition(student, teacher, granularity, input_size=input_size, pair=pair)
+        self.teacher_bn = teacher_bn
+        teacher = teacher.requires_grad_(False).eval()
+        self.teacher = batch_statistics_teacher(teacher) if teacher_bn == "batch" else teacher
+        s_units, t_units = partition(student, self.teacher, granularity, input_size=input_size, pair=pair)
         self.granularity = granularity
         # Plain lists: the blocks are already registered inside student and teacher.
         self._student_units = [nn.Sequential(*u.blocks) for u in s_units]
@@ -70,6 +84,27 @@ class HybridNet(nn.Module):
         if in_teacher and str(self.num_units) in self.to_student:
             x = self.to_student[str(self.num_units)](x)
         return self.student.forward_head(x)
+
+    @torch.no_grad()
+    def unit_rms_ratios(self, x: torch.Tensor) -> list[float]:
+        """Per unit, RMS(student unit output) / RMS(teacher unit output) at the same input: the pure student's
+        activation entering the unit (through the connectors where widths differ). Far from 1 means a swap
+        hands the next unit features of another scale than it learnt on. One host read per call."""
+        was_training = self.training
+        self.eval()
+        try:
+            x = self.student.forward_stem(x)
+            ratios = []
+            for i in range(self.num_units):
+                t_in = self.to_teacher[str(i)](x) if str(i) in self.to_teacher else x
+                s_out, t_out = self._student_units[i](x), self._teacher_units[i](t_in)
+                if str(i + 1) in self.to_student:  # compared as the next part receives it
+                    t_out = self.to_student[str(i + 1)](t_out)
+                ratios.append(s_out.float().square().mean().sqrt() / t_out.float().square().mean().sqrt())
+                x = s_out
+        finally:
+            self.train(was_training)
+        return torch.stack(ratios).tolist()
 
     def draw_swap(self, prob: float | Sequence[float], generator: torch.Generator | None = None) -> tuple[bool, ...]:
         """One Bernoulli draw per unit (shared by the whole batch): True with probability ``prob`` (or ``prob[i]``)."""

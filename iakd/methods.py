@@ -66,9 +66,13 @@ class Method(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.student.parameters())
 
+    def frozen_modules(self) -> list[nn.Module]:
+        """The modules this method never trains (the teacher, and any copy of it): left out of its state."""
+        return [] if self.teacher is None else [self.teacher]
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Everything this method trains (student, connectors), without the frozen teacher; each tensor once."""
-        seen = set() if self.teacher is None else {id(t) for t in self.teacher.state_dict(keep_vars=True).values()}
+        seen = {id(t) for frozen in self.frozen_modules() for t in frozen.state_dict(keep_vars=True).values()}
         state = {}
         for key, value in self.state_dict(keep_vars=True).items():
             if id(value) not in seen:  # the hybrid holds the student too: keep its first name only
@@ -136,6 +140,7 @@ class IAKD(Method):
         teacher: ZooModel,
         *,
         granularity: Granularity = "stage",
+        teacher_bn: str = "frozen",
         ce_weight: float = 1.0,
         kd_weight: float = 0.0,
         temperature: float = 4.0,
@@ -144,7 +149,7 @@ class IAKD(Method):
         pair: str = "teacher -> student",
     ):
         super().__init__(student, teacher)
-        self.hybrid = HybridNet(student, teacher, granularity, input_size=input_size, pair=pair)
+        self.hybrid = HybridNet(student, teacher, granularity, teacher_bn=teacher_bn, input_size=input_size, pair=pair)
         self.ce_weight, self.kd_weight, self.temperature = ce_weight, kd_weight, temperature
         self.swap_generator = torch.Generator().manual_seed(swap_seed)
         self.swap_prob: float | Sequence[float] = 0.0
@@ -170,6 +175,9 @@ class IAKD(Method):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return self.hybrid.trainable_parameters()
 
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.teacher, self.hybrid.teacher]
+
 
 class IAKDKD(IAKD):
     """IAKD plus Hinton's KD term on the hybrid's logits (IAKD+KD)."""
@@ -192,6 +200,7 @@ def build(
     teacher: ZooModel | None = None,
     *,
     granularity: Granularity = "stage",
+    teacher_bn: str = "frozen",
     ce_weight: float | None = None,
     kd_weight: float | None = None,
     temperature: float = 4.0,
@@ -200,6 +209,8 @@ def build(
     pair: str = "teacher -> student",
 ) -> Method:
     """Build a method by name; unset weights take the method's defaults (kd: 0.1 / 0.9, iakd+kd: 1 / 0.9).
+    ``teacher_bn`` is how swapped-in teacher units normalise (``iakd.hybrid.TEACHER_BN_MODES``; methods that do
+    not swap ignore it).
 
     A method without a KD term refuses a positive ``kd_weight``, and one with a KD term refuses 0: the name
     always says what is trained.
@@ -213,6 +224,6 @@ def build(
     if (kd_weight > 0) != cls.has_kd_term:
         raise ValueError(f"method {name!r} with kd_weight {kd_weight}: "
                          + ("it has no KD term" if not cls.has_kd_term else "its KD term needs kd_weight > 0"))
-    return cls(student, teacher if cls.uses_teacher else None, granularity=granularity,
+    return cls(student, teacher if cls.uses_teacher else None, granularity=granularity, teacher_bn=teacher_bn,
                ce_weight=cls.default_ce_weight if ce_weight is None else ce_weight, kd_weight=kd_weight,
                temperature=temperature, swap_seed=swap_seed, input_size=input_size, pair=pair)

@@ -219,6 +219,9 @@ def expected_row(spec: RunSpec, run_id: str, parent: str) -> dict[str, Any]:
         "interval": spec.schedule.get("interval", 0.25) if swaps and family == "step" else None,
         "profile": spec.schedule.get("profile", "uniform") if swaps else None,
         "granularity": spec.granularity if swaps else None,
+        "teacher_bn": "frozen" if swaps else None,  # not logged by these runs: the default
+        # the swapping runs log p = 0.5 at every epoch (never handed over); the others are judged from epoch 1
+        "judged_from_epoch": None if swaps or not spec.val else 1,
         "seed": spec.seed, "best_val_acc": max(finite) if finite else -math.inf, "last_val_acc": spec.val[-1],
         "last_test_acc": spec.tests()[-1], "epochs": len(spec.val), "train_seconds": seconds, "images_seen": images,
     }
@@ -253,8 +256,8 @@ def test_runs_parquet_has_the_declared_schema(written):
     assert runs.column_names == [
         "run_id", "parent_run_id", "run_name", "status", "outcome", "stopped_early", "role", "candidate", "method",
         "teacher", "student", "dataset", "schedule_family", "p0", "t_end", "rate", "interval", "profile",
-        "granularity", "kd_weight", "seed", "best_val_acc", "last_val_acc", "last_test_acc", "epochs",
-        "train_seconds", "images_seen"]
+        "granularity", "kd_weight", "seed", "teacher_bn", "best_val_acc", "judged_from_epoch", "last_val_acc",
+        "last_test_acc", "epochs", "train_seconds", "images_seen"]
     types = {f.name: f.type for f in runs.schema}
     assert types["stopped_early"] == pa.bool_() and types["seed"] == pa.int64() and types["epochs"] == pa.int64()
     assert types["images_seen"] == pa.int64() and types["p0"] == pa.float64() and types["granularity"] == pa.string()

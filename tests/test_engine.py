@@ -9,7 +9,15 @@ import torch
 from iakd import models
 from iakd.config import load_config
 from iakd.data import load_dataset
-from iakd.engine import build_method, build_student, prepare_teacher, teacher_warning, train
+from iakd.engine import (
+    build_method,
+    build_student,
+    judged_epochs,
+    prepare_teacher,
+    recompute_bn_statistics,
+    teacher_warning,
+    train,
+)
 from iakd.errors import ConfigError
 from iakd.teachers import save_teacher
 
@@ -63,7 +71,7 @@ def test_epoch_metrics_hold_every_documented_key(tmp_path, teacher_cache):
     metrics, checkpoint = seen[-1]
     assert set(metrics) == {"epoch", "train_loss", "loss_ce", "loss_kd", "train_acc", "val_acc", "test_acc", "lr",
                             "swap_prob", "swap_rate", "epoch_seconds", "images_per_second", "images_seen",
-                            "train_seconds"}
+                            "train_seconds", "val_acc_running_bn", "rms_ratio_u0", "rms_ratio_u1", "rms_ratio_u2"}
     n = len(load_dataset("digits", image_size=8).train)
     assert [m["images_seen"] for m, _ in seen] == [n, 2 * n]
     assert seen[1][0]["train_seconds"] == pytest.approx(seen[0][0]["epoch_seconds"] + metrics["epoch_seconds"])
@@ -249,3 +257,47 @@ def test_a_smaller_student_training_set_keeps_the_teachers_data_and_cache_entry(
     assert teacher_file(small) == teacher_file(full)  # one teacher, trained on the whole training split
     assert _teacher_config(small).data.train_size is None
     assert _teacher_config(small).optim.batch_size == 128 and small.optim.batch_size == 64
+
+
+def test_a_run_is_judged_after_its_schedule_hands_over():
+    history = [{"epoch": 1, "swap_prob": 0.4, "val_acc": 90.0}, {"epoch": 2, "swap_prob": 0.1, "val_acc": 95.0},
+               {"epoch": 3, "swap_prob": 0.0, "val_acc": 60.0}, {"epoch": 4, "swap_prob": 0.0, "val_acc": 70.0}]
+    assert [h["epoch"] for h in judged_epochs(history)] == [3, 4]
+    never = [{"epoch": 1, "swap_prob": 0.5, "val_acc": 90.0}, {"epoch": 2, "swap_prob": 0.5, "val_acc": 20.0}]
+    assert judged_epochs(never) == never[-1:]  # a schedule that never reaches 0 is judged at its end
+
+
+def test_best_val_acc_is_taken_after_the_handover(tmp_path, teacher_cache):
+    cfg = student_config(tmp_path, teacher_cache, "optim.epochs=4", "schedule={family: constant, p0: 0.5, t_end: 0.5}")
+    result = train(cfg, log=quiet)
+    after = [h for h in result["history"] if h["swap_prob"] == 0.0]
+    assert [h["epoch"] for h in after] == [3, 4]
+    assert result["best_val_acc"] == max(h["val_acc"] for h in after)
+    assert result["best_epoch"] in (3, 4)
+
+
+def test_recomputed_statistics_are_the_pure_students_own_on_the_training_images():
+    dataset = load_dataset("digits", image_size=8)
+    student = models.build("resnet8", 10)
+    recompute_bn_statistics(student, dataset.train, max_images=100)
+    images = torch.cat([x for x, _ in dataset.train.batches(100, shuffle=False, augment=False)])[:100]
+    with torch.no_grad():
+        stem_out = student.conv1(images)
+    # update_bn on one batch of 100: the first BatchNorm's mean is the batch mean of what the stem conv gives
+    assert torch.allclose(student.bn1.running_mean, stem_out.mean(dim=(0, 2, 3)), atol=1e-6, rtol=1e-5)
+    assert torch.allclose(student.bn1.running_var, stem_out.var(dim=(0, 2, 3)), atol=1e-6, rtol=1e-5)
+
+
+def test_the_pure_student_is_evaluated_with_recomputed_statistics_and_its_running_ones_are_reported(
+        tmp_path, teacher_cache):
+    cfg = student_config(tmp_path, teacher_cache, "optim.epochs=2", "method.teacher_bn=batch",
+                         "schedule={family: constant, p0: 1.0, t_end: 1.0}")
+    recomputed = train(cfg, log=quiet)["history"]
+    running = train(student_config(tmp_path / "running", teacher_cache, "optim.epochs=2", "method.teacher_bn=batch",
+                                   "schedule={family: constant, p0: 1.0, t_end: 1.0}",
+                                   "evaluation.student_bn=running"), log=quiet)["history"]
+    # The student trained only inside all-teacher hybrids: its running statistics saw teacher features, so
+    # with them the pure student is near chance, and recomputing them is what makes it measurable at all.
+    assert running[0]["val_acc"] == running[0]["val_acc_running_bn"] == recomputed[0]["val_acc_running_bn"]
+    assert recomputed[-1]["val_acc"] != recomputed[-1]["val_acc_running_bn"]
+    assert running[-1]["train_loss"] == recomputed[-1]["train_loss"]  # evaluation does not change training

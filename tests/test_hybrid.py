@@ -118,3 +118,86 @@ def test_same_generator_seed_gives_the_same_masks():
 def test_wrong_mask_length_is_refused():
     with pytest.raises(ValueError, match="swap has 2 entries for 3 units"):
         hybrid()(torch.randn(1, 3, 32, 32), [True, False])
+
+
+def _batch_stat_reference(teacher, x):
+    """The teacher's units by hand with BatchNorm on batch statistics: a copy in train mode, momentum 0."""
+    import copy
+
+    ref = copy.deepcopy(teacher).train()
+    for m in ref.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 0.0
+    return ref.layer3(ref.layer2(ref.layer1(x)))
+
+
+def test_batch_mode_teacher_units_normalise_with_the_batch_statistics():
+    student, teacher = models.build("resnet8", 10), models.build("resnet20", 10).eval()
+    with torch.no_grad():  # running statistics far from a batch's, so that the two modes differ
+        for m in teacher.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 4)
+    net = HybridNet(student, teacher, "stage", teacher_bn="batch").eval()
+    x = torch.randn(8, 3, 32, 32)
+    stem = student.forward_stem(x)
+    expected = student.forward_head(_batch_stat_reference(teacher, stem))
+    # the same float32 operations in the same order as the reference: equal up to reassociation in the kernels
+    assert torch.allclose(net(x, [True, True, True]), expected, rtol=1e-5, atol=1e-5)
+    frozen = HybridNet(student, teacher, "stage", teacher_bn="frozen").eval()
+    assert not torch.allclose(frozen(x, [True, True, True]), expected, atol=1e-2)
+
+
+def test_batch_mode_never_changes_the_teachers_weights_or_statistics_and_leaves_the_given_teacher_alone():
+    teacher = models.build("resnet20", 10).eval()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    method = methods.build("iakd+kd", models.build("resnet8", 10), teacher, teacher_bn="batch")
+    hybrid_before = {k: v.clone() for k, v in method.hybrid.teacher.state_dict().items()}
+    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.5, momentum=0.9)
+    method.train()
+    for _ in range(3):
+        _, losses = method.forward_train(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)), (True, False, True))
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+    assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
+    assert all(torch.equal(v, hybrid_before[k]) for k, v in method.hybrid.teacher.state_dict().items())
+    assert not any(p.requires_grad for p in method.hybrid.teacher.parameters())
+    # the standalone teacher (the KD term's logits) is the one given, with its BatchNorm layers in eval mode
+    assert method.teacher is teacher and any(isinstance(m, torch.nn.BatchNorm2d) for m in teacher.modules())
+    x = torch.randn(4, 3, 32, 32)
+    reference = models.build("resnet20", 10).eval()
+    reference.load_state_dict(before)
+    assert torch.equal(method.teacher(x), reference(x))
+    # the hybrid's copy of the teacher is not part of what the method trains and saves
+    assert not any(k.startswith("hybrid.teacher.") for k in method.trainable_state_dict())
+
+
+def test_unknown_teacher_bn_mode_is_refused():
+    with pytest.raises(ValueError, match="teacher_bn: 'running' is not one of frozen, batch"):
+        HybridNet(models.build("resnet8", 10), models.build("resnet20", 10), "stage", teacher_bn="running")
+
+
+def test_rms_ratio_is_one_where_teacher_units_compute_what_student_units_do():
+    student = models.build("resnet20", 10)
+    teacher = models.build("resnet20", 10)
+    teacher.load_state_dict(student.state_dict())
+    net = HybridNet(student, teacher, "stage")
+    ratios = net.unit_rms_ratios(torch.randn(4, 3, 32, 32))
+    assert ratios == [1.0, 1.0, 1.0]  # the same weights on the same input: the same numbers
+
+
+def test_rms_ratio_measures_the_scale_of_the_student_output_against_the_teachers():
+    student = models.build("resnet8", 10)
+    teacher = models.build("resnet8", 10)
+    teacher.load_state_dict(student.state_dict())
+    with torch.no_grad():  # the teacher's last unit: the residual branch and the shortcut doubled
+        block = teacher.layer3[0]
+        block.bn2.weight.mul_(2)
+        block.bn2.bias.mul_(2)
+        block.downsample[1].weight.mul_(2)
+        block.downsample[1].bias.mul_(2)
+    net = HybridNet(student, teacher, "stage").eval()
+    ratios = net.unit_rms_ratios(torch.randn(4, 3, 32, 32))
+    assert ratios[:2] == [1.0, 1.0]
+    assert ratios[2] == pytest.approx(0.5, rel=1e-5)  # relu(2 z) = 2 relu(z): exactly half, up to rounding

@@ -74,7 +74,9 @@ RUNS_SCHEMA = pa.schema([
     pa.field("granularity", pa.string()),
     pa.field("kd_weight", pa.float64()),  # effective weight: a logged "None" is the method's default
     pa.field("seed", pa.int64()),
-    pa.field("best_val_acc", pa.float64()),  # %, best epoch
+    pa.field("teacher_bn", pa.string()),  # how swapped-in teacher units normalise; null unless the method swaps
+    pa.field("best_val_acc", pa.float64()),  # %, best of the judged epochs (after the handover: engine.judged_epochs)
+    pa.field("judged_from_epoch", pa.int64()),  # first epoch with swap_prob 0; null: never handed over (last judged)
     pa.field("last_val_acc", pa.float64()),  # %, last epoch run
     pa.field("last_test_acc", pa.float64()),  # %, last epoch run
     pa.field("epochs", pa.int64()),  # epochs run
@@ -84,7 +86,8 @@ RUNS_SCHEMA = pa.schema([
 
 # The per-epoch metrics the engine logs with step = epoch; each becomes a float64 column of ``epochs``.
 EPOCH_METRICS: tuple[str, ...] = (
-    "train_loss", "loss_ce", "loss_kd", "train_acc", "val_acc", "test_acc", "lr", "swap_prob", "swap_rate",
+    "train_loss", "loss_ce", "loss_kd", "train_acc", "val_acc", "val_acc_running_bn", "test_acc", "lr", "swap_prob",
+    "swap_rate",
     "epoch_seconds", "images_per_second", "images_seen", "train_seconds",
 )
 EPOCHS_SCHEMA = pa.schema([
@@ -246,6 +249,7 @@ def _run_row(run: Run, parent_run_id: str, epoch_rows: list[dict[str, Any]]) -> 
     epochs = final("epochs", float(last["epoch"]) if epoch_rows else None)
     images = last.get("images_seen")
     outcome = _outcome(run.info.status, tags.get("status"))
+    handed_over = [r["epoch"] for r in epoch_rows if r.get("swap_prob") == 0.0]
     return {
         "run_id": run.info.run_id,
         "parent_run_id": parent_run_id,
@@ -268,7 +272,9 @@ def _run_row(run: Run, parent_run_id: str, epoch_rows: list[dict[str, Any]]) -> 
         "granularity": (params.get("method.granularity") or tags.get("granularity")) if swaps else None,
         "kd_weight": kd_weight,
         "seed": _param_int(params, "seed"),
+        "teacher_bn": params.get("method.teacher_bn", "frozen") if swaps else None,
         "best_val_acc": final("best_val_acc", max(val_history) if val_history else None),
+        "judged_from_epoch": handed_over[0] if handed_over else None,
         "last_val_acc": final("last_val_acc", last.get("val_acc")),
         "last_test_acc": final("last_test_acc", last.get("test_acc")),
         "epochs": None if epochs is None or not math.isfinite(epochs) else int(epochs),

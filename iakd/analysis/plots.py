@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 SCORE = "best_val_acc"
-SCORE_LABEL = "validation accuracy (%), best epoch"
+SCORE_LABEL = "validation accuracy (%), best epoch after the handover"
 TEST_LABEL = "test accuracy (%), last epoch"
 TOP_N = 5
 
@@ -395,6 +395,43 @@ def plot_learning_curves(runs: pd.DataFrame, epochs: pd.DataFrame, path: str | P
     return _save(fig, path)
 
 
+@_skippable
+def plot_pure_vs_hybrid(runs: pd.DataFrame, epochs: pd.DataFrame, path: str | Path, n: int = 3) -> Path:
+    """Per best search trial: the pure student's validation accuracy (recomputed and running BatchNorm
+    statistics), the hybrid's accuracy on the training batches it trains on, and p(t): where the student learns
+    while it swaps, and what its own statistics would have shown."""
+    top = best_trials(runs, n)
+    curves = epochs[epochs["val_acc"].notna()]
+    top = top[top["run_id"].isin(set(curves["run_id"]))]
+    if top.empty:
+        raise NoData("no per-epoch val_acc for any usable search trial")
+    fig, axes = _figure(width=4.2 * len(top), height=4.2, ncols=len(top), sharey=True)
+    axes = np.atleast_1d(axes)
+    for rank, (ax, (_, row)) in enumerate(zip(axes, top.iterrows()), start=1):
+        curve = curves[curves["run_id"] == row["run_id"]].sort_values("epoch")
+        ax.plot(curve["epoch"], curve["val_acc"], color="C0", label="pure student, val (recomputed BN)")
+        if "val_acc_running_bn" in curve and curve["val_acc_running_bn"].notna().any():
+            ax.plot(curve["epoch"], curve["val_acc_running_bn"], color="C0", ls=":", alpha=0.8,
+                    label="pure student, val (running BN)")
+        ax.plot(curve["epoch"], curve["train_acc"], color="C1", alpha=0.8, label="hybrid, training batches")
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("epoch")
+        ax.set_title(_wrap(f"#{rank} {config_label(row)}", 40), fontsize=8)
+        twin = ax.twinx()
+        twin.plot(curve["epoch"], curve["swap_prob"], color="k", ls="--", lw=1, label="p(t), epoch mean")
+        twin.set_ylim(0, 1.05)
+        if rank == len(top):
+            twin.set_ylabel("swap probability p(t)")
+        else:
+            twin.set_yticklabels([])
+    axes[0].set_ylabel("accuracy (%)")
+    handles = [*axes[0].get_legend_handles_labels()[0], Line2D([], [], color="k", ls="--", lw=1)]
+    labels = [*axes[0].get_legend_handles_labels()[1], "p(t), epoch mean"]
+    fig.suptitle("Pure student against the hybrid it trains in, with p(t), for the best trials")
+    fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
 def _schedule(row: pd.Series) -> schedules.SwapSchedule | None:
     spec = {"family": row["schedule_family"], "p0": row["p0"], "t_end": row["t_end"], "profile": row["profile"]}
     spec.update({key: row[key] for key in ("rate", "interval") if _present(row.get(key))})
@@ -660,6 +697,8 @@ PLOTS: tuple[Plot, ...] = (
          _runs_only(plot_granularity_family_heatmap)),
     Plot("accuracy_by_profile", "Validation accuracy by depth profile", _runs_only(plot_accuracy_by_profile)),
     Plot("learning_curves", "Learning curves of the five best trials", plot_learning_curves.__wrapped__),  # type: ignore[attr-defined]
+    Plot("pure_vs_hybrid", "Pure student against the hybrid, with p(t), for the best trials",
+         plot_pure_vs_hybrid.__wrapped__),  # type: ignore[attr-defined]
     Plot("swap_schedules", "Swap schedules p(t) of the five best trials", _runs_only(plot_swap_schedules)),
     Plot("param_importance", "Hyperparameter importance (fANOVA)", _runs_only(plot_param_importance)),
     Plot("accuracy_vs_cost", "Validation accuracy against training cost", _runs_only(plot_accuracy_vs_cost)),

@@ -67,8 +67,11 @@ def _header(sweep: Sweep, runs: pd.DataFrame) -> list[str]:
         f"# Sweep `{sweep.experiment}`: analysis", "",
         f"Parent run `{sweep.parent_run_id}` of experiment `{sweep.experiment}` at `{sweep.tracking_uri}`; "
         f"{pair}. Written {written}.", "",
-        "Scores are in %: **validation accuracy at the best epoch** (the search's selection metric) and **test "
-        "accuracy at the last epoch**. Every choice below is made on validation; test accuracy is reported "
+        "Scores are in %: **validation accuracy at the best epoch after the swap schedule handed over** (the "
+        "search's selection metric; a schedule is never scored while its student still trains inside hybrids, "
+        "and one that never reaches p = 0 is scored at its last epoch) and **test accuracy at the last epoch**. "
+        "The pure student is evaluated with BatchNorm statistics recomputed on training images unless a run "
+        "says otherwise (`evaluation.student_bn`). Every choice below is made on validation; test accuracy is reported "
         "beside it and never used to choose. Intervals are 95 % Student-t intervals over seeds "
         "(`mean ± half-width`, n/a for one seed); differences are paired by seed.", "",
     ]
@@ -90,8 +93,9 @@ def _runs_section(runs: pd.DataFrame) -> list[str]:
                   f"({reasons}). They keep their rows in `runs.parquet`, with the `outcome` column saying why.", ""]
     else:
         lines += ["No run was excluded: every run finished (or was stopped early by ASHA) with a finite score.", ""]
-    lines += ["Stopped-early trials count with the best validation accuracy they reached before ASHA stopped "
-              "them (fewer epochs than the others).", ""]
+    lines += ["Stopped-early trials count with the best validation accuracy they reached after their handover and "
+              "before ASHA stopped them (fewer epochs than the others; ASHA never stops a trial that still "
+              "swaps). The top table says from which epoch each trial was judged.", ""]
     return lines
 
 
@@ -110,7 +114,7 @@ def _answer_section(runs: pd.DataFrame) -> list[str]:
         return lines + ["No usable search trial: nothing to rank.", ""]
     best = plots.best_trials(runs, 1).iloc[0]
     lines += [f"Best search trial: **{best['run_name']}** ({best['method']}: {plots.config_label(best)}), "
-              f"validation {_pct(best[plots.SCORE])} % (best epoch), test {_pct(best['last_test_acc'])} % "
+              f"validation {_pct(best[plots.SCORE])} % (best judged epoch), test {_pct(best['last_test_acc'])} % "
               f"(last epoch), {best['epochs']} epochs{', stopped early' if best['stopped_early'] else ''}.", ""]
     for column, title in (("schedule_family", "schedule family"), ("granularity", "granularity"),
                           ("profile", "depth profile")):
@@ -129,16 +133,25 @@ def _top_section(runs: pd.DataFrame) -> list[str]:
     top = plots.best_trials(runs)
     if top.empty:
         return []
-    lines = [f"## Top {len(top)} search configurations (by best-epoch validation accuracy)", ""]
+    lines = [f"## Top {len(top)} search configurations (by best validation accuracy after the handover)", ""]
     rows = []
     for rank, (_, row) in enumerate(top.iterrows(), start=1):
         extra = ", ".join(f"{k}={_num(row[k])}" for k in ("rate", "interval") if _num(row[k]))
         rows.append((rank, f"`{row['run_name']}`", row["method"], row["schedule_family"], _num(row["p0"]),
                      _num(row["t_end"]), extra, row["profile"], row["granularity"], _num(row["kd_weight"]),
-                     _pct(row[plots.SCORE]), _pct(row["last_test_acc"]), _num(row["epochs"]),
-                     "stopped early" if row["stopped_early"] else "finished"))
+                     row.get("teacher_bn"), _pct(row[plots.SCORE]), _judged(row), _pct(row["last_test_acc"]),
+                     _num(row["epochs"]), "stopped early" if row["stopped_early"] else "finished"))
     return lines + _table(["#", "run", "method", "family", "p0", "t_end", "extra", "profile", "granularity",
-                           "KD weight", "best val %", "last test %", "epochs", "outcome"], rows)
+                           "KD weight", "teacher BN", "best val %", "judged epochs", "last test %", "epochs",
+                           "outcome"], rows)
+
+
+def _judged(row: pd.Series) -> str:
+    """The epochs a trial's score was taken from: after its handover, or its last epoch if it never handed over."""
+    start = row.get("judged_from_epoch")
+    if start is None or pd.isna(start):
+        return f"{_num(row['epochs'])} (never handed over)"
+    return f"{int(start)}-{_num(row['epochs'])}"
 
 
 def _baselines_section(runs: pd.DataFrame) -> list[str]:

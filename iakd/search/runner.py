@@ -17,7 +17,6 @@ import optuna
 import ray
 import torch
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
@@ -25,10 +24,11 @@ from iakd import tracking
 from iakd.analysis.stats import Interval, mean_interval, paired_difference
 from iakd.checkpoint import load_file
 from iakd.config import TrainConfig, to_dict
-from iakd.engine import evaluate, load_data, prepare_teacher, teacher_file, teacher_warning
+from iakd.engine import evaluate, judged_epochs, load_data, prepare_teacher, teacher_file, teacher_warning
 from iakd.methods import METHODS
 from iakd.search import preflight, storage
 from iakd.search.experiment import Experiment, ExperimentConfig
+from iakd.search.scheduler import HandoverASHA
 from iakd.search.space import Choice, Fixed
 from iakd.search.trainable import (
     CANDIDATE_KEY,
@@ -55,7 +55,7 @@ METHODS_USING_TEACHER = frozenset(name for name, cls in METHODS.items() if cls.u
 class TrialSummary:
     name: str
     overrides: dict[str, Any]
-    score: float  # the best value of the search's metric over the trial's epochs (max or min, by mode)
+    score: float  # the best value of the search's metric over the epochs it is judged on (engine.judged_epochs)
     last_test_acc: float
     epochs: int
     run_id: str | None
@@ -82,10 +82,11 @@ def _summaries(results: tune.ResultGrid, metric: str, mode: str, run_ids: dict[s
         if r.metrics_dataframe is None or r.metrics_dataframe.empty:
             continue
         history = r.metrics_dataframe
+        judged = [h[metric] for h in judged_epochs(history.to_dict("records"))]  # after the handover only
         out.append(TrialSummary(
             name=str(r.metrics.get("trial_name", Path(r.path).name)),
             overrides=dict(r.config),
-            score=float(history[metric].max() if mode == "max" else history[metric].min()),
+            score=float(max(judged) if mode == "max" else min(judged)),
             last_test_acc=float(history["test_acc"].iloc[-1]),
             epochs=int(history["epoch"].iloc[-1]),
             run_id=run_ids.get(str(r.metrics.get("trial_id"))),
@@ -215,8 +216,9 @@ def _run_stages(experiment: Experiment, parent: str, uri: str, teacher_path: str
         scheduler = None
         if cfg.scheduler.name == "asha":
             # max_t one past the last epoch: ASHA stops every trial that reaches max_t, and a trial that ran all
-            # its epochs must end as finished, not as stopped early by the scheduler.
-            scheduler = ASHAScheduler(time_attr="epoch", metric=cfg.metric, mode=cfg.mode, max_t=experiment.epochs + 1,
+            # its epochs must end as finished, not as stopped early by the scheduler. No trial is scored while
+            # it swaps (HandoverASHA).
+            scheduler = HandoverASHA(time_attr="epoch", metric=cfg.metric, mode=cfg.mode, max_t=experiment.epochs + 1,
                                       grace_period=min(cfg.scheduler.grace_period, experiment.epochs),
                                       reduction_factor=cfg.scheduler.reduction_factor)
         tuner = _tuner(search_path, trainable("search"), {},

@@ -24,7 +24,7 @@ from ray import tune
 from iakd import tracking
 from iakd.checkpoint import copy_atomic, load_file
 from iakd.config import TrainConfig, from_dict, to_dict
-from iakd.engine import train
+from iakd.engine import handed_over, train
 from iakd.methods import METHODS
 from iakd.search import storage
 from iakd.search.space import apply_trial, trial_overrides
@@ -128,12 +128,14 @@ def _train_and_log(cfg: TrainConfig, context: TrialContext, trial, restored: str
 
     def log_epoch(metrics: dict[str, Any]) -> None:
         nonlocal best_val
-        if not math.isnan(metrics["val_acc"]):
+        if handed_over(metrics) and not math.isnan(metrics["val_acc"]):
             best_val = max(best_val, metrics["val_acc"])
         if metrics["epoch"] > logged:
-            # final figures kept current each epoch: a trial that ASHA stops never reaches the end of train()
+            # final figures kept current each epoch: a trial that ASHA stops never reaches the end of train();
+            # best_val_acc is over the epochs after the handover (engine.judged_epochs), else the latest one
             run.log_metrics(metrics, step=metrics["epoch"], final={
-                "best_val_acc": best_val, "last_val_acc": metrics["val_acc"],
+                "best_val_acc": best_val if best_val > -math.inf else metrics["val_acc"],
+                "last_val_acc": metrics["val_acc"],
                 "last_test_acc": metrics["test_acc"], "epochs": metrics["epoch"]})
 
     for metrics in done:
