@@ -51,6 +51,8 @@ CONDITIONS: dict[str, tuple[str, dict[str, Any]]] = {
                                                                  "optim.lr": 0.01}),
     "iakd-batch-bn-p0.2": ("swap probability", {**IAKD, "method.teacher_bn": "batch",
                                                 "schedule": {"family": "linear", "p0": 0.2, "t_end": 0.8}}),
+    "iakd+kd-batch-bn": ("IAKD plus the KD term (0.9) on the hybrid's logits", {**IAKD, "method.name": "iakd+kd",
+                                                                               "method.teacher_bn": "batch"}),
 }
 
 

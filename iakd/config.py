@@ -66,7 +66,7 @@ class MethodConfig:
     kd_weight: float | None = None  # None: the method's default (kd and iakd+kd 0.9); > 0 only for those
     temperature: float = 4.0
     # how a swapped-in teacher unit normalises inside the hybrid (iakd.hybrid.TEACHER_BN_MODES)
-    teacher_bn: Literal["frozen", "batch"] = "frozen"
+    teacher_bn: Literal["frozen", "batch"] = "batch"
 
 
 @dataclass

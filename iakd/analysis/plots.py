@@ -601,11 +601,16 @@ def _by_seed(group: pd.DataFrame, column: str) -> dict[int, float]:
 
 
 def confirmation_groups(runs: pd.DataFrame) -> list[Candidate]:
-    """The confirmation stage's candidates (tag ``iakd.candidate`` of usable ``confirm`` runs): the searched
-    configurations first, best mean *validation* accuracy first (the order never looks at test accuracy),
-    then the baselines (KD, CE, others)."""
+    """The confirmation stage's candidates (tag ``iakd.candidate`` of usable ``confirm`` runs, and of baseline
+    runs on the confirmation's seeds that it reused): the searched configurations first, best mean *validation*
+    accuracy first (the order never looks at test accuracy), then the baselines (KD, CE, others)."""
     confirm = _role(runs, "confirm")
     confirm = confirm[confirm["candidate"].notna() & confirm["seed"].notna()]
+    # baseline-stage runs on the confirmation's seeds stand for baselines the confirmation did not train again
+    reused = _role(runs, "baseline")
+    reused = reused[reused["candidate"].notna() & reused["seed"].isin(set(confirm["seed"]))
+                    & ~reused["candidate"].isin(set(confirm["candidate"]))]
+    confirm = pd.concat([confirm, reused]) if not reused.empty else confirm
     candidates = []
     for name, group in confirm.groupby("candidate", sort=True):
         first = group.iloc[0]

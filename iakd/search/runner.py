@@ -235,7 +235,9 @@ def _run_stages(experiment: Experiment, parent: str, uri: str, teacher_path: str
     if not interrupted and cfg.confirm.top_k > 0 and trials:
         # The best configurations on the search metric (validation), and the baselines, trained again on the
         # same fresh seeds: a searched best on one seed is a lucky draw as often as not.
-        candidates = confirm_candidates(trials, cfg.confirm.top_k, cfg.mode, cfg.baselines.methods)
+        # Baselines that the baseline stage already trained on every confirmation seed are not trained again.
+        reuse = set(cfg.confirm.seeds) <= set(cfg.baselines.seeds)
+        candidates = confirm_candidates(trials, cfg.confirm.top_k, cfg.mode, [] if reuse else cfg.baselines.methods)
         grid = {CANDIDATE_KEY: tune.grid_search(list(candidates)), "seed": tune.grid_search(list(cfg.confirm.seeds))}
         tuner = _tuner(confirm_path, trainable("confirm", candidates), grid,
                        tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, max_concurrent_trials=cfg.max_concurrent,
@@ -243,6 +245,9 @@ def _run_stages(experiment: Experiment, parent: str, uri: str, teacher_path: str
                        run_config(f"{name}-confirm"), resume)
         confirm_results = tuner.fit()
         confirmed = _summaries(confirm_results, cfg.metric, cfg.mode, _run_ids(uri, parent))
+        if reuse:
+            confirmed += [dataclasses.replace(b, overrides={**b.overrides, CANDIDATE_KEY: b.overrides["method.name"]})
+                          for b in baselines if b.overrides["seed"] in cfg.confirm.seeds]
         interrupted |= _unfinished(confirm_results, len(candidates) * len(cfg.confirm.seeds))
 
     if interrupted:

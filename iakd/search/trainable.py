@@ -76,6 +76,8 @@ def _tags(cfg: TrainConfig, context: TrialContext, trial_id: str, config: dict[s
     }
     if CANDIDATE_KEY in config:
         tags["iakd.candidate"] = str(config[CANDIDATE_KEY])
+    elif context.role == "baseline":  # a confirmation on the same seeds reuses it as its baseline
+        tags["iakd.candidate"] = cfg.method.name
     if context.teacher_warning:
         tags["teacher_warning"] = context.teacher_warning
     return tags
