@@ -8,9 +8,9 @@ Runs go through ``iakd.engine.train`` in worker processes (one thread each) and 
 ``<out>/runs.jsonl`` as they finish, so an interrupted call continues where it stopped. ``summary.md`` holds,
 per condition, the last-epoch test accuracy (mean +- 95 % interval over seeds), the best validation accuracy
 over the judged epochs, the pure student's last validation accuracy with its running BatchNorm statistics, the
-units' student/teacher RMS ratios, and the test difference to CE and to KD paired by seed; ``curves.png`` draws,
-for seed 0, the pure student's validation accuracy (recomputed and running statistics), the hybrid's training
-accuracy and p(t).
+units' student/teacher RMS ratios, and the test difference to CE and to KD paired by seed; ``summary.png`` draws
+those test accuracies with their intervals, and ``curves.png``, for seed 0, the pure student's validation accuracy
+(recomputed and running statistics), the hybrid's training accuracy and p(t).
 """
 
 from __future__ import annotations
@@ -172,6 +172,39 @@ def plot(rows: list[dict[str, Any]], out: Path, seed: int = 0) -> Path:
     return path
 
 
+def plot_summary(rows: list[dict[str, Any]], out: Path) -> Path:
+    """summary.png: per condition, last-epoch test accuracy as mean with its 95 % interval over seeds, each seed
+    as a dot, with the CE and KD means as reference lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by: dict[str, list[float]] = {}
+    for r in rows:
+        by.setdefault(r["condition"], []).append(r["history"][-1]["test_acc"])
+    names = [n for n in CONDITIONS if n in by]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(names) + 1.5))
+    for y, name in enumerate(names):
+        interval = mean_interval(by[name])
+        ax.errorbar(interval.mean, y, xerr=interval.half_width if len(by[name]) > 1 else None, fmt="o",
+                    color="C0" if name.startswith("iakd") else "C1", capsize=3)
+        ax.plot(by[name], [y] * len(by[name]), "k.", alpha=0.35)
+    for ref, style in (("ce", ":"), ("kd", "--")):
+        if ref in by:
+            ax.axvline(mean_interval(by[ref]).mean, color="gray", ls=style, lw=1, label=f"{ref} mean")
+    ax.set_yticks(range(len(names)), [f"{n} (n={len(by[n])})" for n in names])
+    ax.invert_yaxis()
+    ax.set_xlabel("test accuracy % (last epoch): mean, 95 % interval over seeds, each seed")
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    path = out / "summary.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="analysis_out/diagnosis")
@@ -183,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     rows = run(args.only or list(CONDITIONS), args.seeds, out, args.workers, args.teacher)
     print(summarise(rows, out))
-    print(f"curves: {plot(rows, out)}")
+    print(f"plots: {plot(rows, out)}, {plot_summary(rows, out)}")
     return 0
 
 

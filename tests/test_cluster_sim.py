@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 from mlflow_server import MlflowServer
 
+from iakd.engine import judged_epochs
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "tune" / "configs" / "digits.yaml"
 SAMPLES = 2
@@ -117,7 +119,11 @@ def test_trials_run_on_the_gpu_workers_and_log_to_the_mlflow_server(mlflow_serve
         assert all(0.0 <= m["value"] <= 100.0 for m in history)
         final = {m["key"]: m["value"] for m in run["data"]["metrics"]}
         assert final["epochs"] == EPOCHS
-        assert final["best_val_acc"] == max(m["value"] for m in history)
+        swap = {m["step"]: m["value"] for m in
+                mlflow_server.get("metrics/get-history", run_id=run_id, metric_key="swap_prob")["metrics"]}
+        epochs = [{"epoch": m["step"], "val_acc": m["value"], "swap_prob": swap[m["step"]]}
+                  for m in sorted(history, key=lambda m: m["step"])]
+        assert final["best_val_acc"] == max(h["val_acc"] for h in judged_epochs(epochs))  # after the handover
 
         listed = mlflow_server.get("artifacts/list", run_id=run_id).get("files", [])
         sizes = {f["path"]: int(f.get("file_size", 0)) for f in listed if not f.get("is_dir")}

@@ -100,6 +100,7 @@ def test_the_best_trial_and_the_baselines_are_confirmed_once_on_each_fresh_seed(
     for run in reused:  # a baseline, with its own standard weights, named as the candidate it stands for
         params = run.data.params
         assert run.data.tags["iakd.candidate"] == params["method.name"] and params["method.kd_weight"] == "None"
+        assert params["method.temperature"] == "4.0"  # KD's standard T, whatever the base run sets
     groups = confirmation(summary.confirmed)
     assert [g.label for g in groups] == [best.name, "ce", "kd"]
     assert all(g.seeds == (1, 2) for g in groups)  # baseline seed 3 is not a confirmation seed
@@ -136,8 +137,10 @@ def test_child_runs_hold_params_tags_and_per_epoch_histories(sweep):
         epochs = int(run.data.metrics["epochs"])
         for key in ("val_acc", "test_acc", "train_loss", "swap_prob", "lr"):
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(1, epochs + 1))
-        history = client.get_metric_history(run.info.run_id, "val_acc")
-        assert run.data.metrics["best_val_acc"] == max(m.value for m in history)
+        val = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_acc")}
+        swap = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "swap_prob")}
+        judged = [val[e] for e in sorted(val) if swap[e] == 0.0] or [val[max(val)]]  # after the handover only
+        assert run.data.metrics["best_val_acc"] == max(judged)
         assert "config.yaml" in [a.path for a in client.list_artifacts(run.info.run_id)]
 
 
@@ -195,6 +198,8 @@ def _search_main():
         (["run.method.kd_weight=0.3"], "error: run.method.kd_weight: 0.3 is not allowed; method.name=iakd has no KD "
                                        "term; use method.name=iakd+kd to add one, or leave method.kd_weight unset"),
         (["numsamples"], "error: override 'numsamples': expected key=value, e.g. schedule.p0=0.3"),
+        (["metric=test_acc"], "error: metric: 'test_acc' is not allowed; one of val_acc, train_acc, train_loss "
+                              "(selecting on the test split would report a biased test score)"),
         (["--config", "missing.yaml"], "error: config file missing.yaml not found"),
     ],
 )

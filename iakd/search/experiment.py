@@ -81,7 +81,8 @@ class Experiment:
         return self.base.optim.epochs
 
 
-_METRICS = ("val_acc", "test_acc", "train_acc", "train_loss")
+# What a search may select on: never the test split (test accuracy is reported beside, never used to choose).
+_METRICS = ("val_acc", "train_acc", "train_loss")
 
 
 def _check(cfg: ExperimentConfig) -> None:
@@ -95,7 +96,8 @@ def _check(cfg: ExperimentConfig) -> None:
     if cfg.max_failures < 0:
         fail("max_failures", cfg.max_failures, "must be >= 0")
     if cfg.metric not in _METRICS:
-        fail("metric", cfg.metric, f"one of {', '.join(_METRICS)}")
+        fail("metric", cfg.metric, f"one of {', '.join(_METRICS)}"
+             + (" (selecting on the test split would report a biased test score)" if "test" in cfg.metric else ""))
     if cfg.scheduler.grace_period < 1 or cfg.scheduler.reduction_factor < 2:
         fail("scheduler", to_dict(cfg.scheduler), "grace_period >= 1 and reduction_factor >= 2")
     for m in cfg.baselines.methods:

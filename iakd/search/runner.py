@@ -23,7 +23,7 @@ from ray.tune.search.optuna import OptunaSearch
 from iakd import tracking
 from iakd.analysis.stats import Interval, mean_interval, paired_difference
 from iakd.checkpoint import load_file
-from iakd.config import TrainConfig, to_dict
+from iakd.config import MethodConfig, TrainConfig, to_dict
 from iakd.engine import evaluate, judged_epochs, load_data, prepare_teacher, teacher_file, teacher_warning
 from iakd.methods import METHODS
 from iakd.search import preflight, storage
@@ -46,8 +46,10 @@ __all__ = ["TrialSummary", "SearchSummary", "ConfirmedGroup", "run_search", "sha
            "confirm_candidates", "confirmation", "check_teacher"]
 
 SWEEP_TAG = "iakd.sweep"
-# A baseline trains with its method's standard loss weights, whatever the base run sets for IAKD.
-BASELINE_WEIGHTS: dict[str, Any] = {"method.ce_weight": None, "method.kd_weight": None}
+# A baseline trains with its method's standard loss weights and temperature (KD: 0.1 / 0.9 at T = 4), whatever the
+# base run sets for IAKD.
+BASELINE_WEIGHTS: dict[str, Any] = {"method.ce_weight": None, "method.kd_weight": None,
+                                    "method.temperature": MethodConfig().temperature}
 METHODS_USING_TEACHER = frozenset(name for name, cls in METHODS.items() if cls.uses_teacher)
 
 
@@ -257,7 +259,7 @@ def _run_stages(experiment: Experiment, parent: str, uri: str, teacher_path: str
     else:
         metrics, tags = {}, {"iakd.interrupted": "false"}
         if best is not None:
-            metrics = {f"best_{cfg.metric}": best.score, "best_test_acc": best.last_test_acc}
+            metrics = {f"best_{cfg.metric}": best.score, "best_trial_last_test_acc": best.last_test_acc}
             tags.update({"best_trial": best.name, "best_run_id": best.run_id or "",
                          "best_config": ", ".join(f"{k}={_fmt(v)}" for k, v in best.overrides.items())})
         for b in baselines:
