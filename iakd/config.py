@@ -76,7 +76,7 @@ class EvaluationConfig:
     # recompute: its BatchNorm statistics are recomputed on training images before each evaluation (statistics
     # gathered inside hybrids describe hybrids, not the pure student); running: its running statistics as they are
     student_bn: Literal["recompute", "running"] = "recompute"
-    bn_images: int = 2048  # at most this many training images (unaugmented, in split order) for the recompute
+    bn_images: int = 1024  # at most this many training images (unaugmented, in split order) for the recompute
 
 
 @dataclass
