@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from iakd.search import storage
-from iakd.search.runner import confirmation
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "tune" / "configs" / "digits.yaml"
@@ -101,8 +100,8 @@ def test_the_best_trial_and_the_baselines_are_confirmed_once_on_each_fresh_seed(
         params = run.data.params
         assert run.data.tags["iakd.candidate"] == params["method.name"] and params["method.kd_weight"] == "None"
         assert params["method.temperature"] == "4.0"  # KD's standard T, whatever the base run sets
-    groups = confirmation(summary.confirmed)
-    assert [g.label for g in groups] == [best.name, "ce", "kd"]
+    groups = summary.answer.confirmed
+    assert [g.name for g in groups] == [best.name, "kd", "ce"]
     assert all(g.seeds == (1, 2) for g in groups)  # baseline seed 3 is not a confirmation seed
     assert "Confirmed on seeds 1, 2" in text and "test_acc - kd" in text
 
@@ -198,8 +197,8 @@ def _search_main():
         (["run.method.kd_weight=0.3"], "error: run.method.kd_weight: 0.3 is not allowed; method.name=iakd has no KD "
                                        "term; use method.name=iakd+kd to add one, or leave method.kd_weight unset"),
         (["numsamples"], "error: override 'numsamples': expected key=value, e.g. schedule.p0=0.3"),
-        (["metric=test_acc"], "error: metric: 'test_acc' is not allowed; one of val_acc, train_acc, train_loss "
-                              "(selecting on the test split would report a biased test score)"),
+        (["metric=test_acc"], "error: metric: 'test_acc' is not allowed; one of val_acc (selecting on the test "
+                              "split would report a biased test score)"),
         (["--config", "missing.yaml"], "error: config file missing.yaml not found"),
     ],
 )

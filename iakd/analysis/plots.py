@@ -34,6 +34,7 @@ from matplotlib.ticker import MaxNLocator
 
 from iakd import schedules
 from iakd.analysis.export import usable
+from iakd.analysis.results import SCORE, search_ranking, sweep_results
 from iakd.analysis.stats import Interval, mean_interval, paired_difference
 from iakd.checkpoint import atomic_path
 from iakd.errors import ConfigError
@@ -59,7 +60,6 @@ __all__ = [
     "render_all",
 ]
 
-SCORE = "best_val_acc"
 SCORE_LABEL = "validation accuracy (%), best epoch after the handover"
 TEST_LABEL = "test accuracy (%), last epoch"
 TOP_N = 5
@@ -112,9 +112,8 @@ def _search(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_trials(runs: pd.DataFrame, n: int = TOP_N) -> pd.DataFrame:
-    """The ``n`` usable search trials with the highest best-epoch validation accuracy (ties: by run name)."""
-    trials = _role(runs, "search")
-    return trials.sort_values([SCORE, "run_name"], ascending=[False, True], kind="stable").head(n)
+    """The ``n`` first of the search's ranking (usable trials by validation accuracy; ties: by run name)."""
+    return search_ranking(runs).head(n)
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -587,40 +586,21 @@ def plot_accuracy_vs_cost(runs: pd.DataFrame, path: str | Path) -> Path:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One configuration of the confirmation stage: its runs' scores by seed."""
+    """One configuration of the confirmation stage, as the sweep's answer holds it, with its plot label."""
 
     name: str  # the iakd.candidate tag: a searched trial's name, or a baseline's method ("kd", "ce")
     label: str
     is_baseline: bool
-    val: dict[int, float]  # seed -> best-epoch validation accuracy
+    val: dict[int, float]  # seed -> best validation accuracy after the handover
     test: dict[int, float]  # seed -> last-epoch test accuracy
 
 
-def _by_seed(group: pd.DataFrame, column: str) -> dict[int, float]:
-    return {int(s): float(v) for s, v in zip(group["seed"], group[column]) if math.isfinite(float(v))}
-
-
 def confirmation_groups(runs: pd.DataFrame) -> list[Candidate]:
-    """The confirmation stage's candidates (tag ``iakd.candidate`` of usable ``confirm`` runs, and of baseline
-    runs on the confirmation's seeds that it reused): the searched configurations first, best mean *validation*
-    accuracy first (the order never looks at test accuracy), then the baselines (KD, CE, others)."""
-    confirm = _role(runs, "confirm")
-    confirm = confirm[confirm["candidate"].notna() & confirm["seed"].notna()]
-    # baseline-stage runs on the confirmation's seeds stand for baselines the confirmation did not train again
-    reused = _role(runs, "baseline")
-    reused = reused[reused["candidate"].notna() & reused["seed"].isin(set(confirm["seed"]))
-                    & ~reused["candidate"].isin(set(confirm["candidate"]))]
-    confirm = pd.concat([confirm, reused]) if not reused.empty else confirm
-    candidates = []
-    for name, group in confirm.groupby("candidate", sort=True):
-        first = group.iloc[0]
-        is_baseline = name == first["method"]  # a baseline's candidate is its method; a searched one's is not
-        label = _baseline_name(name) if is_baseline else f"{name}: {config_label(first)}"
-        val, test = (_by_seed(group, column) for column in (SCORE, "last_test_acc"))
-        candidates.append(Candidate(str(name), label, is_baseline, val, test))
-    searched = sorted((c for c in candidates if not c.is_baseline), key=lambda c: -float(np.mean(list(c.val.values()))))
-    baselines = sorted((c for c in candidates if c.is_baseline), key=lambda c: (c.name != "kd", c.name != "ce", c.name))
-    return searched + baselines
+    """The confirmation's configurations from the sweep's answer (:func:`iakd.analysis.results.sweep_results`):
+    the searched ones in the search's ranking (the winner, chosen on validation, first), then the baselines (KD,
+    CE, others)."""
+    return [Candidate(c.name, _baseline_name(c.name) if c.is_baseline else f"{c.name}: {config_label(c.row)}",
+                      c.is_baseline, c.val, c.test) for c in sweep_results(runs).confirmed]
 
 
 @_skippable
@@ -657,7 +637,7 @@ def plot_confirmation(runs: pd.DataFrame, path: str | Path) -> Path:
         axes[1].set_xlabel("difference to KD in test accuracy (points), paired by seed")
         axes[1].set_title("Paired difference to KD")
         axes[1].margins(x=0.2)
-    fig.suptitle("Confirmation on fresh seeds (grey dots: single seeds; order: mean validation accuracy)")
+    fig.suptitle("Confirmation on fresh seeds (grey dots: single seeds; order: the search's ranking on validation)")
     return _save(fig, path)
 
 

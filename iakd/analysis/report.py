@@ -22,7 +22,8 @@ from mlflow.tracking import MlflowClient
 
 from iakd.analysis import plots
 from iakd.analysis.export import Sweep, default_out_dir, exclusions, load_sweep, usable, write_tables
-from iakd.analysis.stats import Interval, mean_interval, paired_difference
+from iakd.analysis.results import sweep_results
+from iakd.analysis.stats import Interval, mean_interval
 from iakd.checkpoint import write_text_atomic
 from iakd.errors import ConfigError
 
@@ -170,36 +171,39 @@ def _baselines_section(runs: pd.DataFrame) -> list[str]:
 
 def _confirmation_section(runs: pd.DataFrame) -> list[str]:
     lines = ["## Confirmation on fresh seeds", ""]
+    answer = sweep_results(runs)  # the same answer tune/search.py prints and logs to the parent run
     candidates = plots.confirmation_groups(runs)
+    left_out = (f"**Left out: {_plural(answer.left_out_count, 'confirmation run')}** ("
+                + ", ".join(f"{n} {reason}" for reason, n in sorted(answer.left_out.items()))
+                + "); the figures below are over the runs that count." if answer.left_out
+                else "Every confirmation run counted.")
     if not candidates:
         return lines + ["No confirmation runs in this sweep (no usable run with role `confirm`): the "
-                        "differences to KD and CE are not confirmed, and the confirmation plot was not made.", ""]
-    by_name = {c.name: c for c in candidates}
-    kd, ce = by_name.get("kd"), by_name.get("ce")
+                        "differences to KD and CE are not confirmed, and the confirmation plot was not made. "
+                        + left_out, ""]
     rows = []
     for c in candidates:
         cells = [c.label, ", ".join(str(s) for s in sorted(c.test)), _with_n(mean_interval(c.val.values())),
                  _with_n(mean_interval(c.test.values()))]
-        for reference in (kd, ce):
-            if reference is None or reference is c:
-                cells += ["", ""]
-            else:
-                cells += [_with_n(paired_difference(c.test, reference.test), signed=True),
-                          _with_n(paired_difference(c.val, reference.val), signed=True)]
+        for reference in ("kd", "ce"):
+            for column in ("test", "val"):
+                diff = answer.difference(c.name, reference, column)
+                cells.append("" if diff is None else _with_n(diff, signed=True))
         rows.append(cells)
-    lines += ["Each candidate re-trained on the same fresh seeds as the baselines; candidates are ordered by mean "
-              "validation accuracy. Differences are in percentage points, paired by seed, with 95 % intervals: an "
-              "interval that excludes 0 is a difference the seeds support.", ""]
+    lines += ["The search's best configurations (chosen on validation in the search stage, on its own seed) "
+              "re-trained on fresh seeds, beside the baselines on the same seeds; searched configurations are in "
+              "the search's order. Differences are in percentage points, paired by seed, with 95 % intervals: an "
+              "interval that excludes 0 is a difference the seeds support. " + left_out, ""]
     lines += _table(["configuration", "seeds", "best val %", "last test %", "test − KD", "val − KD", "test − CE",
                      "val − CE"], rows)
-    searched = [c for c in candidates if not c.is_baseline]
-    if searched and kd is not None:
-        top = searched[0]  # chosen on validation
-        diff = paired_difference(top.test, kd.test)
+    winner = answer.winner
+    diff = answer.difference(winner["run_name"], "kd") if winner is not None else None
+    if diff is not None:
         verdict = ("better than" if diff.low > 0 else "worse than" if diff.high < 0
                    else "not distinguishable from") if not math.isnan(diff.half_width) else "not yet comparable to"
-        lines += [f"The best confirmed configuration by validation, **{top.name}**, is {verdict} KD on test "
-                  f"accuracy: {_with_n(diff, signed=True)} points.", ""]
+        lines += [f"The configuration the search chose on validation, **{winner['run_name']}**, is {verdict} KD "
+                  f"on test accuracy over the confirmation's seeds (which played no part in choosing it): "
+                  f"{_with_n(diff, signed=True)} points.", ""]
     return lines
 
 

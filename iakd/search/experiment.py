@@ -54,7 +54,7 @@ class ExperimentConfig:
     num_samples: int = 12
     max_concurrent: int = 2
     metric: str = "val_acc"
-    mode: Literal["max", "min"] = "max"
+    mode: Literal["max"] = "max"  # accuracy: higher is better
     searcher_seed: int = 0
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
@@ -81,8 +81,9 @@ class Experiment:
         return self.base.optim.epochs
 
 
-# What a search may select on: never the test split (test accuracy is reported beside, never used to choose).
-_METRICS = ("val_acc", "train_acc", "train_loss")
+# What a search selects on: the held-out validation split, never the test split (test accuracy is reported beside,
+# never used to choose) nor the training batches; the sweep's results (iakd.analysis.results) rank on it.
+_METRICS = ("val_acc",)
 
 
 def _check(cfg: ExperimentConfig) -> None:

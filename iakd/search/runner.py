@@ -21,7 +21,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from iakd import tracking
-from iakd.analysis.stats import Interval, mean_interval, paired_difference
+from iakd.analysis.results import SweepResults, sweep_results
 from iakd.checkpoint import load_file
 from iakd.config import MethodConfig, TrainConfig, to_dict
 from iakd.engine import evaluate, judged_epochs, load_data, prepare_teacher, teacher_file, teacher_warning
@@ -42,8 +42,8 @@ from iakd.search.trainable import (
 )
 from iakd.teachers import load_teacher
 
-__all__ = ["TrialSummary", "SearchSummary", "ConfirmedGroup", "run_search", "share_teacher", "format_summary",
-           "confirm_candidates", "confirmation", "check_teacher"]
+__all__ = ["TrialSummary", "SearchSummary", "run_search", "share_teacher", "format_summary", "confirm_candidates",
+           "check_teacher", "sweep_answer"]
 
 SWEEP_TAG = "iakd.sweep"
 # A baseline trains with its method's standard loss weights and temperature (KD: 0.1 / 0.9 at T = 4), whatever the
@@ -73,7 +73,7 @@ class SearchSummary:
     baselines: list[TrialSummary] = field(default_factory=list)
     trials: list[TrialSummary] = field(default_factory=list)
     interrupted: bool = False
-    confirmed: list[TrialSummary] = field(default_factory=list)  # one per (candidate, seed)
+    answer: SweepResults | None = None  # the sweep's answer (None when interrupted): what the printout shows
     experiment_id: str = ""
 
 
@@ -232,45 +232,48 @@ def _run_stages(experiment: Experiment, parent: str, uri: str, teacher_path: str
         trials = _summaries(results, cfg.metric, cfg.mode, _run_ids(uri, parent))
         interrupted |= _unfinished(results, cfg.num_samples)
 
-    best = max(trials, key=lambda t: t.score if cfg.mode == "max" else -t.score, default=None)
-    confirmed: list[TrialSummary] = []
-    if not interrupted and cfg.confirm.top_k > 0 and trials:
-        # The best configurations on the search metric (validation), and the baselines, trained again on the
-        # same fresh seeds: a searched best on one seed is a lucky draw as often as not.
+    # The winner is chosen once, on validation, from the search stage's runs as MLflow holds them (the same
+    # table the report reads): the confirmation re-trains the top of that ranking on fresh seeds.
+    by_name = {t.name: t for t in trials}
+    ranked = [by_name[n] for n in sweep_answer(uri, parent).ranking["run_name"] if n in by_name] if trials else []
+    best = ranked[0] if ranked else None
+    if not interrupted and cfg.confirm.top_k > 0 and ranked:
         # Baselines that the baseline stage already trained on every confirmation seed are not trained again.
         reuse = set(cfg.confirm.seeds) <= set(cfg.baselines.seeds)
-        candidates = confirm_candidates(trials, cfg.confirm.top_k, cfg.mode, [] if reuse else cfg.baselines.methods)
+        candidates = confirm_candidates(ranked, cfg.confirm.top_k, [] if reuse else cfg.baselines.methods)
         grid = {CANDIDATE_KEY: tune.grid_search(list(candidates)), "seed": tune.grid_search(list(cfg.confirm.seeds))}
         tuner = _tuner(confirm_path, trainable("confirm", candidates), grid,
                        tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, max_concurrent_trials=cfg.max_concurrent,
                                        trial_name_creator=confirm_name, trial_dirname_creator=confirm_name),
                        run_config(f"{name}-confirm"), resume)
         confirm_results = tuner.fit()
-        confirmed = _summaries(confirm_results, cfg.metric, cfg.mode, _run_ids(uri, parent))
-        if reuse:
-            confirmed += [dataclasses.replace(b, overrides={**b.overrides, CANDIDATE_KEY: b.overrides["method.name"]})
-                          for b in baselines if b.overrides["seed"] in cfg.confirm.seeds]
         interrupted |= _unfinished(confirm_results, len(candidates) * len(cfg.confirm.seeds))
 
+    answer = None
     if interrupted:
         # Not the end of the sweep: close what is open as KILLED; --resume re-opens the same runs.
         tracking.finish_parent_run(uri, parent, tags={"iakd.interrupted": "true"}, status="KILLED")
         log(f"interrupted: continue with --resume (experiment {name!r}, storage {cfg.storage_path})")
     else:
-        metrics, tags = {}, {"iakd.interrupted": "false"}
+        answer = sweep_answer(uri, parent)  # one answer: the printout, these metrics and the report read it
+        metrics, tags = answer.metrics(cfg.metric), {"iakd.interrupted": "false"}
         if best is not None:
-            metrics = {f"best_{cfg.metric}": best.score, "best_trial_last_test_acc": best.last_test_acc}
             tags.update({"best_trial": best.name, "best_run_id": best.run_id or "",
                          "best_config": ", ".join(f"{k}={_fmt(v)}" for k, v in best.overrides.items())})
         for b in baselines:
             metrics[f"baseline_{b.overrides.get('method.name')}_seed{b.overrides.get('seed')}_{cfg.metric}"] = b.score
-        for group in confirmation(confirmed):
-            metrics[f"confirm_{group.label}_test_acc_mean"] = group.test.mean
         if cfg.analysis and analysis:
             tags["iakd.analysis"] = _analyse(uri, parent, log)
         tracking.finish_parent_run(uri, parent, metrics=metrics, tags=tags)
-    return SearchSummary(name, parent, uri, cfg.metric, best, baselines, trials, interrupted, confirmed,
+    return SearchSummary(name, parent, uri, cfg.metric, best, baselines, trials, interrupted, answer,
                          tracking.connect(uri, name))
+
+
+def sweep_answer(tracking_uri: str, parent_run_id: str) -> SweepResults:
+    """The sweep's answer (iakd.analysis.results) from its runs in MLflow, as the report reads them."""
+    from iakd.analysis.export import load_sweep  # pandas and pyarrow: only once a sweep has runs
+
+    return sweep_results(load_sweep(tracking_uri, parent_run_id=parent_run_id).runs.to_pandas())
 
 
 def share_teacher(base: TrainConfig, storage_path: str, *, log: Callable[[str], None] = print) -> str:
@@ -344,41 +347,13 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def confirm_candidates(trials: list[TrialSummary], top_k: int, mode: str,
-                       baselines: list[str]) -> dict[str, dict[str, Any]]:
-    """Label -> dotted overrides of what the confirmation re-trains: the ``top_k`` searched trials by their
-    score on the search metric (validation; ties keep the search's order), then each baseline method."""
-    ranked = sorted(trials, key=lambda t: -t.score if mode == "max" else t.score)[:top_k]
-    candidates = {t.name: dict(t.overrides) for t in ranked}
+def confirm_candidates(ranked: list[TrialSummary], top_k: int, baselines: list[str]) -> dict[str, dict[str, Any]]:
+    """Label -> dotted overrides of what the confirmation re-trains: the first ``top_k`` searched trials of the
+    search's ranking (on validation), then each baseline method the baseline stage did not already train on the
+    confirmation's seeds."""
+    candidates = {t.name: dict(t.overrides) for t in ranked[:top_k]}
     candidates.update({method: {"method.name": method, **BASELINE_WEIGHTS} for method in baselines})
     return candidates
-
-
-@dataclass(frozen=True)
-class ConfirmedGroup:
-    """One confirmed configuration over its seeds: validation and test accuracy as mean with a 95 % interval,
-    and the test accuracy's difference to KD paired by seed (None without a KD baseline)."""
-
-    label: str
-    seeds: tuple[int, ...]
-    val: Interval
-    test: Interval
-    vs_kd: Interval | None
-
-
-def confirmation(confirmed: list[TrialSummary]) -> list[ConfirmedGroup]:
-    """The confirmation runs grouped by candidate, in the order they were proposed."""
-    by_label: dict[str, dict[int, TrialSummary]] = {}
-    for t in confirmed:
-        by_label.setdefault(str(t.overrides[CANDIDATE_KEY]), {})[int(t.overrides["seed"])] = t
-    kd = {seed: t.last_test_acc for seed, t in by_label.get("kd", {}).items()}
-    groups = []
-    for label, runs in by_label.items():
-        test = {seed: t.last_test_acc for seed, t in runs.items()}
-        groups.append(ConfirmedGroup(label, tuple(sorted(runs)), mean_interval([t.score for t in runs.values()]),
-                                     mean_interval(list(test.values())),
-                                     paired_difference(test, kd) if kd and label != "kd" else None))
-    return groups
 
 
 def _analyse(tracking_uri: str, parent: str, log: Callable[[str], None]) -> str:
@@ -408,6 +383,13 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _left_out(left_out: dict[str, int]) -> str:
+    if not left_out:
+        return "every confirmation run counted"
+    reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(left_out.items()))
+    return f"left out: {sum(left_out.values())} confirmation run(s) ({reasons})"
+
+
 def format_summary(summary: SearchSummary) -> str:
     """The closing text of ``tune/search.py``: best configuration, its accuracy beside the baselines, and how
     to browse the runs."""
@@ -423,15 +405,17 @@ def format_summary(summary: SearchSummary) -> str:
         width = max(10, len(best))
         lines.append(f"    {'':<18} {best:>{width}} {'last test_acc':>13} {'epochs':>6}")
         lines += [f"    {label:<18} {t.score:>{width}.2f} {t.last_test_acc:>13.2f} {t.epochs:>6}" for label, t in rows]
-    groups = confirmation(summary.confirmed)
-    if groups:
-        seeds = ", ".join(map(str, groups[0].seeds))
-        lines.append(f"Confirmed on seeds {seeds} (mean ± 95 % interval; selection was on {summary.metric}, "
-                     "test_acc is the last epoch's, reported only):")
+    answer = summary.answer
+    if answer is not None and (answer.confirmed or answer.left_out):
+        seeds = sorted({s for c in answer.confirmed for s in c.seeds})
+        lines.append(f"Confirmed on seeds {', '.join(map(str, seeds))} (mean ± 95 % interval; the configuration was "
+                     f"chosen on {summary.metric} in the search, test_acc is the last epoch's, reported only):")
         lines.append(f"    {'':<28} {'best ' + summary.metric:>16} {'test_acc':>16} {'test_acc - kd':>16}")
-        for g in groups:
-            vs_kd = g.vs_kd.format(signed=True) if g.vs_kd is not None else ""
-            lines.append(f"    {g.label:<28} {g.val.format():>16} {g.test.format():>16} {vs_kd:>16}")
+        for c in answer.confirmed:
+            vs_kd = answer.difference(c.name, "kd")
+            lines.append(f"    {c.name:<28} {c.val_interval.format():>16} {c.test_interval.format():>16} "
+                         f"{vs_kd.format(signed=True) if vs_kd is not None else '':>16}")
+        lines.append(f"    {_left_out(answer.left_out)}")
     uri = summary.tracking_uri
     # The runs table, not MLflow 3's GenAI overview (which the UI opens without workflowType).
     page = f"#/experiments/{summary.experiment_id}/runs?workflowType=machine_learning"
