@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from export import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI  # analysis/export.py: the search's defaults
+
 from iakd.analysis.report import ARTIFACT_PATH, analyse
 from iakd.errors import ConfigError
-
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # the search's defaults (tune/search.py)
-DEFAULT_EXPERIMENT = "iakd-digits"
 
 
 def main(argv: list[str] | None = None) -> int:

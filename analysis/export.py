@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from iakd.analysis.export import default_out_dir, load_sweep, write_tables
+from iakd.config import read_yaml
 from iakd.errors import ConfigError
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # the search's default (tune/search.py)
-DEFAULT_EXPERIMENT = "iakd-digits"
+# The search's default experiment (what `python tune/search.py` runs): its name and MLflow store, read from its
+# config rather than restated here.
+_SEARCH_DEFAULT = read_yaml(Path(__file__).resolve().parents[1] / "tune" / "configs" / "digits.yaml")
+DEFAULT_TRACKING_URI, DEFAULT_EXPERIMENT = _SEARCH_DEFAULT["tracking_uri"], _SEARCH_DEFAULT["experiment"]
 
 
 def main(argv: list[str] | None = None) -> int:

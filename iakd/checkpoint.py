@@ -16,11 +16,28 @@ import torch
 
 from iakd.errors import ConfigError
 
-__all__ = ["save_atomic", "copy_atomic", "write_text_atomic", "atomic_path", "load_file", "capture_rng",
-           "restore_rng", "CHECKPOINT_FORMAT"]
+__all__ = ["check_writable_folder", "save_atomic", "copy_atomic", "write_text_atomic", "atomic_path", "load_file",
+           "capture_rng", "restore_rng", "CHECKPOINT_FORMAT"]
 
 # v2: one generator per random stream (order, augment, swap) instead of one shared by order and augmentation.
 CHECKPOINT_FORMAT = "iakd-checkpoint-v2"
+
+
+def check_writable_folder(folder: str | Path, what: str) -> None:
+    """``folder`` is a writable folder, or could be made as one: its nearest existing ancestor is a folder in
+    which a folder can really be made (tried, and removed at once: permission bits say nothing of ``/proc`` or a
+    read-only mount, and root passes them all). Nothing is left behind; a ConfigError names ``what``."""
+    folder = Path(folder)
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{what}: {folder} is not a writable folder ({existing} is a file)")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".iakd-probe-", dir=existing))
+    except OSError as e:
+        raise ConfigError(f"{what}: {folder} is not a writable folder (nothing can be made in {existing}: "
+                          f"{e.strerror or type(e).__name__})") from None
 
 
 def _write_atomic(path: str | Path, write: Any) -> Path:

@@ -328,9 +328,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} not found")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if values is None:  # an empty file would silently train every default
+        raise ConfigError(f"config file {path}: is empty; expected a mapping of sections (see configs/)")
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top level")
     return values

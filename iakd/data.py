@@ -160,11 +160,6 @@ class _Indexed(TorchDataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def subset(self, positions: torch.Tensor) -> FolderSplit:
-        """The split restricted to the images at ``positions`` (in that order)."""
-        return FolderSplit(self.folder, [self.indices[i] for i in positions.tolist()], image_size=self.image_size,
-                           normalization=self.normalization, device=self.device, num_workers=self.num_workers)
-
     def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
         path, label = self.folder.samples[self.indices[position]]
         image = self.folder.loader(path)

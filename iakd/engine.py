@@ -42,7 +42,7 @@ from iakd.teachers import cache_path, load_teacher, save_teacher
 
 __all__ = ["Callback", "train", "evaluate", "prepare_teacher", "teacher_file", "resolve_device", "stream_seed",
            "build_student", "build_method", "teacher_warning", "load_data", "read_resume_checkpoint",
-           "recompute_bn_statistics", "judged_epochs", "handed_over"]
+           "recompute_bn_statistics", "judged_epochs", "handed_over", "compute_changes"]
 
 # Called after each epoch with its metrics and the checkpoint just written (or None); True asks to stop.
 Callback = Callable[[dict[str, Any], "Path | None"], "bool | None"]
@@ -125,6 +125,15 @@ def read_resume_checkpoint(path: str | Path, cfg: TrainConfig) -> dict[str, Any]
         raise ConfigError(f"--resume: {key} is {now.get(key)!r} here but {saved.get(key)!r} in {path}; a resumed "
                           "run keeps every key that changes training (start a new output folder instead)")
     return state
+
+
+def compute_changes(saved_config: dict[str, Any], cfg: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """The ``compute.*`` keys (how the step rounds, not what it trains) whose value differs between a checkpoint's
+    config and the config resuming it: key -> (checkpoint's value, value now). A resumed run says so: its
+    figures from the resume on come from other rounding than its first epochs'."""
+    saved, now = flat_items(saved_config), flat_items(to_dict(cfg))
+    return {key: (saved.get(key), now.get(key)) for key in sorted(now)
+            if key.startswith("compute.") and saved.get(key) != now.get(key)}
 
 
 def teacher_warning(accuracy: float, num_classes: int) -> str | None:
@@ -276,6 +285,144 @@ def _progress_line(m: dict[str, Any], cfg: TrainConfig) -> str:
             + f"  lr {m['lr']:.4g}  {m['epoch_seconds']:.1f}s ({m['images_per_second']:.0f} img/s)")
 
 
+@dataclasses.dataclass
+class _Run:
+    """One training run's state: what it trains, how, where it is, and everything an exact resume restores."""
+
+    cfg: TrainConfig
+    dataset: Dataset
+    method: methods.Method
+    compute: Compute
+    schedule: schedules.SwapSchedule
+    optimizer: torch.optim.SGD
+    lr_scheduler: torch.optim.lr_scheduler.LambdaLR
+    generators: dict[str, torch.Generator]
+    teacher_acc: float | None = None
+    teacher_warning: str | None = None
+    epoch: int = 0  # epochs done
+    step: int = 0  # steps done
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.optim.epochs * math.ceil(len(self.dataset.train) / self.cfg.optim.batch_size)
+
+    def restore(self, state: dict[str, Any], source: str | Path) -> None:
+        """Continue exactly where ``state`` (a checkpoint read by ``read_resume_checkpoint``) stopped."""
+        try:
+            self.method.load_trainable_state_dict(state["trainable"])
+        except (KeyError, RuntimeError) as e:
+            raise ConfigError(f"checkpoint {source}: does not fit this config ({str(e)[:160]})") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        restore_rng(state["rng"], **self.generators)
+        self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
+
+    def save(self, path: Path) -> Path:
+        """An atomic checkpoint holding everything :meth:`restore` needs."""
+        return save_atomic({
+            "format": CHECKPOINT_FORMAT, "epoch": self.epoch, "step": self.step, "config": to_dict(self.cfg),
+            "trainable": self.method.trainable_state_dict(), "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(), "rng": capture_rng(**self.generators),
+            "history": self.history,
+        }, path)
+
+    def train_epoch(self, step_fn, totals: EpochTotals) -> tuple[dict[str, Any], float | None]:
+        """One epoch of steps; its training metrics (read from the device once), or the first non-finite loss."""
+        cfg, method, schedule = self.cfg, self.method, self.schedule
+        method.train()
+        started = time.perf_counter()
+        totals.reset()  # the epoch's sums stay on the device and are read once, after its last step
+        step_fn.set_lr()
+        seen = swapped = swap_draws = 0
+        prob_sum = 0.0
+        batches = self.dataset.train.batches(cfg.optim.batch_size, shuffle=True, augment=True,
+                                             generator=self.generators["order"],
+                                             augment_generator=self.generators["augment"])
+        for images, labels in batches:
+            progress = self.step / self.total_steps
+            if method.uses_swap:
+                method.swap_prob = schedule.unit_probs(progress, method.num_units)
+            swap = method.draw_swap()  # on the host, from the run's swap stream; None when nothing swaps
+            step_fn(images, labels, swap)
+            self.step += 1
+            seen += labels.shape[0]
+            if swap is not None:
+                prob_sum += schedule(progress)
+                swapped += sum(swap)
+                swap_draws += len(swap)
+        epoch_metrics, first_bad = totals.read(seen)
+        if first_bad is not None:
+            return {}, first_bad
+        lr = self.optimizer.param_groups[0]["lr"]
+        with warnings.catch_warnings():  # the graphed step updates without optimizer.step(), which torch looks for
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            self.lr_scheduler.step()
+        seconds = time.perf_counter() - started
+        previous = self.history[-1] if self.history else {}
+        self.epoch += 1
+        return {
+            "epoch": self.epoch,
+            **epoch_metrics,
+            "lr": lr,
+            "swap_prob": prob_sum / math.ceil(seen / cfg.optim.batch_size),
+            "swap_rate": swapped / swap_draws if swap_draws else 0.0,
+            "epoch_seconds": seconds,
+            "images_per_second": seen / seconds,
+            # cumulative cost: what the analysis sets accuracy against
+            "images_seen": previous.get("images_seen", 0) + seen,
+            "train_seconds": previous.get("train_seconds", 0.0) + seconds,
+        }, None
+
+    def result(self, status: str, message: str) -> dict[str, Any]:
+        """What ``train`` returns: status, history and the final figures (best over the judged epochs)."""
+        history = self.history
+        judged = [h for h in judged_epochs(history) if not math.isnan(h["val_acc"])]
+        best = max(judged, key=lambda h: h["val_acc"], default=None)
+        return {
+            "status": status,
+            "message": message,
+            "epochs": len(history),
+            "num_classes": self.dataset.num_classes,
+            "teacher_test_acc": self.teacher_acc,
+            "teacher_warning": self.teacher_warning,
+            # best over the epochs the run is judged on (after its schedule handed over): see judged_epochs
+            "best_val_acc": best["val_acc"] if best is not None else float("nan"),
+            "best_epoch": best["epoch"] if best is not None else None,
+            "last_val_acc": history[-1]["val_acc"] if history else float("nan"),
+            "last_test_acc": history[-1]["test_acc"] if history else float("nan"),
+            "history": history,
+        }
+
+
+def _build_run(cfg: TrainConfig, device: torch.device, *, prepare: bool, log: Callable[[str], None]) -> _Run:
+    """config -> data, teacher, student, method, optimizer and the run's random streams."""
+    dataset = load_data(cfg, device)
+    teacher, teacher_acc, warning = None, None, None
+    if methods.METHODS[cfg.method.name].uses_teacher:
+        path = prepare_teacher(cfg, log) if prepare else teacher_file(cfg)
+        teacher = load_teacher(path, cfg.teacher.arch, dataset.num_classes, dataset=cfg.data.name).to(device)
+        teacher_acc = evaluate(teacher, dataset.test)
+        log(f"teacher {cfg.teacher.arch} from {path}: test acc {teacher_acc:.2f}%")
+        warning = teacher_warning(teacher_acc, dataset.num_classes)
+        if warning:
+            log(f"warning: {warning}")
+        if cfg.method.teacher_bn == "frozen" or not methods.METHODS[cfg.method.name].uses_swap:
+            teacher = freeze_teacher(teacher)  # BatchNorm folded into the convolutions: it only ever infers
+        # else the hybrid's copy needs the BatchNorm layers (it normalises with batch statistics), and the
+        # standalone teacher (IAKD+KD's logits) is the loaded one in eval mode: the same arithmetic, unfolded
+    student = build_student(cfg.student.arch, dataset.num_classes, cfg.seed)
+    method = build_method(cfg, student, teacher, dataset.image_size).to(device)
+    compute = Compute(device, bf16=cfg.compute.bf16, channels_last=cfg.compute.channels_last)
+    compute.apply(method)
+    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                                weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
+    generators = {name: torch.Generator().manual_seed(stream_seed(cfg.seed, name)) for name in ("order", "augment")}
+    generators["swap"] = getattr(method, "swap_generator", torch.Generator())
+    return _Run(cfg, dataset, method, compute, schedules.build(cfg.schedule), optimizer,
+                torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg)), generators, teacher_acc, warning)
+
+
 def train(
     cfg: TrainConfig,
     callbacks: Iterable[Callback] = (),
@@ -295,129 +442,34 @@ def train(
     out_dir = Path(cfg.out_dir)
     # Before any data or teacher work: a checkpoint that cannot be resumed fails in a second, not after minutes.
     state = read_resume_checkpoint(resume_from, cfg) if resume_from is not None else None
-    dataset = load_data(cfg, device)
-
-    teacher, teacher_acc, warning = None, None, None
-    if methods.METHODS[cfg.method.name].uses_teacher:
-        path = prepare_teacher(cfg, log) if prepare else teacher_file(cfg)
-        teacher = load_teacher(path, cfg.teacher.arch, dataset.num_classes, dataset=cfg.data.name).to(device)
-        teacher_acc = evaluate(teacher, dataset.test)
-        log(f"teacher {cfg.teacher.arch} from {path}: test acc {teacher_acc:.2f}%")
-        warning = teacher_warning(teacher_acc, dataset.num_classes)
-        if warning:
-            log(f"warning: {warning}")
-        if cfg.method.teacher_bn == "frozen" or not methods.METHODS[cfg.method.name].uses_swap:
-            teacher = freeze_teacher(teacher)  # BatchNorm folded into the convolutions: it only ever infers
-        # else the hybrid's copy needs the BatchNorm layers (it normalises with batch statistics), and the
-        # standalone teacher (IAKD+KD's logits) is the loaded one in eval mode: the same arithmetic, unfolded
-    student = build_student(cfg.student.arch, dataset.num_classes, cfg.seed)
-    method = build_method(cfg, student, teacher, dataset.image_size).to(device)
-    compute = Compute(device, bf16=cfg.compute.bf16, channels_last=cfg.compute.channels_last)
-    compute.apply(method)
-    schedule = schedules.build(cfg.schedule)
-    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                                weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg))
-    generators = {name: torch.Generator().manual_seed(stream_seed(cfg.seed, name)) for name in ("order", "augment")}
-    generators["swap"] = getattr(method, "swap_generator", torch.Generator())
+    run = _build_run(cfg, device, prepare=prepare, log=log)
     _seed_globals(cfg.seed)
-    steps_per_epoch = math.ceil(len(dataset.train) / cfg.optim.batch_size)
-    total_steps = cfg.optim.epochs * steps_per_epoch
-
-    start_epoch, step, history = 0, 0, []
     if state is not None:
-        try:
-            method.load_trainable_state_dict(state["trainable"])
-        except (KeyError, RuntimeError) as e:
-            raise ConfigError(f"checkpoint {resume_from}: does not fit this config ({str(e)[:160]})") from None
-        optimizer.load_state_dict(state["optimizer"])
-        lr_scheduler.load_state_dict(state["lr_scheduler"])
-        restore_rng(state["rng"], **generators)
-        start_epoch, step, history = state["epoch"], state["step"], list(state["history"])
-        log(f"resumed from {resume_from} at epoch {start_epoch}")
-
+        run.restore(state, resume_from)
+        log(f"resumed from {resume_from} at epoch {run.epoch}")
+        for key, (before, now) in compute_changes(state["config"], cfg).items():
+            log(f"resumed with {key}={now} (the checkpoint's epochs ran with {before}): rounding changes here")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    status, message = "finished", f"trained {cfg.optim.epochs} epochs"
     totals = EpochTotals(device)
-    step_fn = make_step(method, optimizer, totals, compute, cuda_graphs=cfg.compute.cuda_graphs)
-    for epoch in range(start_epoch, cfg.optim.epochs):
-        method.train()
-        started = time.perf_counter()
-        totals.reset()  # the epoch's sums stay on the device and are read once, after its last step
-        step_fn.set_lr()
-        seen = swapped = swap_draws = 0
-        prob_sum = 0.0
-        batches = dataset.train.batches(cfg.optim.batch_size, shuffle=True, augment=True,
-                                        generator=generators["order"], augment_generator=generators["augment"])
-        for images, labels in batches:
-            progress = step / total_steps
-            if method.uses_swap:
-                method.swap_prob = schedule.unit_probs(progress, method.num_units)
-            swap = method.draw_swap()  # on the host, from the run's swap stream; None when nothing swaps
-            step_fn(images, labels, swap)
-            step += 1
-            seen += labels.shape[0]
-            if swap is not None:
-                prob_sum += schedule(progress)
-                swapped += sum(swap)
-                swap_draws += len(swap)
-        epoch_metrics, first_bad = totals.read(seen)
+    step_fn = make_step(run.method, run.optimizer, totals, run.compute, cuda_graphs=cfg.compute.cuda_graphs)
+    status, message = "finished", f"trained {cfg.optim.epochs} epochs"
+    while run.epoch < cfg.optim.epochs:
+        metrics, first_bad = run.train_epoch(step_fn, totals)
         if first_bad is not None:  # a NaN ends the run at this epoch
-            status, message = "diverged", f"diverged at epoch {epoch + 1}: loss is {first_bad}"
+            status, message = "diverged", f"diverged at epoch {run.epoch + 1}: loss is {first_bad}"
             log(message)
             break
-        lr = optimizer.param_groups[0]["lr"]
-        with warnings.catch_warnings():  # the graphed step updates without optimizer.step(), which torch looks for
-            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-            lr_scheduler.step()
-        seconds = time.perf_counter() - started
-        num_batches = math.ceil(seen / cfg.optim.batch_size)
-        previous = history[-1] if history else {}
-        metrics = {
-            "epoch": epoch + 1,
-            **epoch_metrics,
-            **_evaluate_student(method, dataset, cfg, compute),
-            "lr": lr,
-            "swap_prob": prob_sum / num_batches,
-            "swap_rate": swapped / swap_draws if swap_draws else 0.0,
-            "epoch_seconds": seconds,
-            "images_per_second": seen / seconds,
-            # cumulative cost: what the analysis sets accuracy against
-            "images_seen": previous.get("images_seen", 0) + seen,
-            "train_seconds": previous.get("train_seconds", 0.0) + seconds,
-        }
-        history.append(metrics)
+        metrics.update(_evaluate_student(run.method, run.dataset, cfg, run.compute))
+        run.history.append(metrics)
         log(_progress_line(metrics, cfg))
-        checkpoint = None
-        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.optim.epochs:
-            checkpoint = save_atomic({
-                "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "step": step, "config": to_dict(cfg),
-                "trainable": method.trainable_state_dict(), "optimizer": optimizer.state_dict(),
-                "lr_scheduler": lr_scheduler.state_dict(),
-                "rng": capture_rng(**generators), "history": history,
-            }, out_dir / "checkpoint.pt")
-        write_text_atomic(out_dir / "metrics.json", json.dumps(history, indent=1))
+        due = run.epoch % cfg.checkpoint_every == 0 or run.epoch == cfg.optim.epochs
+        checkpoint = run.save(out_dir / "checkpoint.pt") if due else None
+        write_text_atomic(out_dir / "metrics.json", json.dumps(run.history, indent=1))
         if any([cb(metrics, checkpoint) for cb in callbacks]):  # every callback sees every epoch
-            status, message = "stopped", f"stopped by a callback after epoch {epoch + 1}"
+            status, message = "stopped", f"stopped by a callback after epoch {run.epoch}"
             break
-
-    save_teacher(out_dir / "student.pt", method.student, arch=cfg.student.arch, dataset=cfg.data.name,
-                 num_classes=dataset.num_classes, accuracy=history[-1]["test_acc"] if history else None,
+    save_teacher(out_dir / "student.pt", run.method.student, arch=cfg.student.arch, dataset=cfg.data.name,
+                 num_classes=run.dataset.num_classes, accuracy=run.history[-1]["test_acc"] if run.history else None,
                  config=to_dict(cfg))
-    judged = [h for h in judged_epochs(history) if not math.isnan(h["val_acc"])]
-    best = max(judged, key=lambda h: h["val_acc"], default=None)
-    return {
-        "status": status,
-        "message": message,
-        "epochs": len(history),
-        "num_classes": dataset.num_classes,
-        "teacher_test_acc": teacher_acc,
-        "teacher_warning": warning,
-        # best over the epochs the run is judged on (after its schedule handed over): see judged_epochs
-        "best_val_acc": best["val_acc"] if best is not None else float("nan"),
-        "best_epoch": best["epoch"] if best is not None else None,
-        "last_val_acc": history[-1]["val_acc"] if history else float("nan"),
-        "last_test_acc": history[-1]["test_acc"] if history else float("nan"),
-        "history": history,
-    }
+    return run.result(status, message)

@@ -25,6 +25,8 @@ import json
 import os
 import re
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,12 +38,22 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from sqlalchemy.engine import make_url
 
+from iakd.errors import ConfigError
+
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
+    "CANDIDATE_TAG",
+    "OPEN_STATUSES",
+    "ROLE_TAG",
+    "SWEEP_TAG",
+    "TRIAL_TAG",
+    "TIMEOUT_S",
+    "check_server",
+    "mlflow_client",
     "MAX_PARAM_LENGTH",
     "TrialRun",
     "absolute_uri",
@@ -64,7 +76,13 @@ MAX_TAG_LENGTH = 8000
 _ELLIPSIS = "..."
 
 # Statuses a run can still leave; anything else (FINISHED, FAILED, KILLED) is final.
-_OPEN_STATUSES = frozenset({"RUNNING", "SCHEDULED"})
+OPEN_STATUSES = frozenset({"RUNNING", "SCHEDULED"})
+
+# The tags that tie a sweep together (one home: the search writes them, the analysis reads them).
+SWEEP_TAG = "iakd.sweep"  # on the parent run: the experiment it sweeps
+ROLE_TAG = "iakd.role"  # sweep, search, baseline or confirm
+TRIAL_TAG = "iakd.trial_id"  # a child run's Tune trial id: the one link between a trial and its run
+CANDIDATE_TAG = "iakd.candidate"  # the configuration a confirmation (or reused baseline) run stands for
 
 # The MLflow UI (3.x) opens an experiment without this tag as a GenAI one (a traces page); ours are training runs.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -160,7 +178,36 @@ def absolute_uri(tracking_uri: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
-def _client(tracking_uri: str) -> MlflowClient:
+# How long a server may take to answer before it counts as down.
+TIMEOUT_S = 5.0
+
+
+def check_server(tracking_uri: str, what: str = "tracking URI", timeout: float = TIMEOUT_S) -> None:
+    """An ``http(s)://`` MLflow server answers its /health within ``timeout`` seconds, else a one-line
+    ConfigError naming ``what``: a server that is down costs seconds, not the client's minutes of retries."""
+    url = tracking_uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            if response.status != 200:
+                raise ConfigError(f"{what}: {tracking_uri} answered {response.status} at /health")
+    except ConfigError:
+        raise
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise ConfigError(f"{what}: no MLflow server answers at {tracking_uri} within {timeout:g} s "
+                          f"({reason})") from None
+
+
+def mlflow_client(tracking_uri: str, *, must_exist: bool = False) -> MlflowClient:
+    """The MLflow client for ``tracking_uri``. With ``must_exist``, a sqlite URI must name an existing database
+    (opening a missing file would create an empty one: a typo'd path must not do that), and an http(s) server
+    must answer now (:func:`check_server`)."""
+    if must_exist and tracking_uri.startswith(("http://", "https://")):
+        check_server(tracking_uri)
+    if must_exist and tracking_uri.startswith("sqlite:"):
+        database = _sqlite_file(tracking_uri)
+        if database is not None and not database.is_file():
+            raise ConfigError(f"tracking URI {tracking_uri}: no MLflow database at {database}")
     return MlflowClient(tracking_uri=tracking_uri)
 
 
@@ -207,7 +254,7 @@ def connect(tracking_uri: str, experiment: str) -> str:
     restored, since MLflow would refuse to create a new one under the same name anyway.
     """
     with _sqlite_setup_lock(tracking_uri):
-        client = _client(tracking_uri)  # builds the store, hence the tables, under the lock
+        client = mlflow_client(tracking_uri)  # builds the store, hence the tables, under the lock
         found = client.get_experiment_by_name(experiment)
         if found is None:
             try:
@@ -249,11 +296,11 @@ def start_parent_run(
     """
     if run_id is None:
         experiment_id = connect(tracking_uri, experiment)  # first: it may create the database
-        client = _client(tracking_uri)
+        client = mlflow_client(tracking_uri)
         run_id = client.create_run(experiment_id, tags=_tag_dict(tags), run_name=run_name).info.run_id
         client.log_batch(run_id, params=_params(params or {}))
     else:
-        client = _client(tracking_uri)
+        client = mlflow_client(tracking_uri)
         client.update_run(run_id, status="RUNNING")
         client.log_batch(run_id, tags=_tags(tags or {}))
     for artifact_file, obj in (dicts or {}).items():
@@ -274,10 +321,10 @@ def finish_parent_run(
     A trial stopped by the scheduler, or whose worker died, never calls :meth:`TrialRun.finish`; without
     this sweep its run would show RUNNING forever.
     """
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     client.log_batch(run_id, metrics=_metrics(metrics or {}, step=0), tags=_tags(tags or {}))
     for child in child_runs(tracking_uri, run_id):
-        if child.info.status in _OPEN_STATUSES:
+        if child.info.status in OPEN_STATUSES:
             client.set_terminated(child.info.run_id, status="KILLED")
     client.set_terminated(run_id, status=status)
 
@@ -290,7 +337,7 @@ def _tag_filter(tags: Mapping[str, str]) -> str:
 def child_runs(tracking_uri: str, parent_run_id: str, tags: Mapping[str, str] | None = None) -> list[Run]:
     """Every live run tagged with ``mlflow.parentRunId == parent_run_id`` and carrying all ``tags`` (the store
     filters; all result pages)."""
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     experiment_id = client.get_run(parent_run_id).info.experiment_id  # children live next to the parent
     runs: list[Run] = []
     page_token: str | None = None
@@ -309,7 +356,7 @@ def child_runs(tracking_uri: str, parent_run_id: str, tags: Mapping[str, str] | 
 
 def find_run(tracking_uri: str, experiment: str, tags: Mapping[str, str]) -> str | None:
     """The id of the newest live run of ``experiment`` carrying all ``tags`` (e.g. a sweep's parent), or None."""
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
@@ -326,17 +373,17 @@ def find_child(tracking_uri: str, parent_run_id: str, tags: Mapping[str, str]) -
 
 def supersede_run(tracking_uri: str, run_id: str, *, by: str) -> None:
     """Mark a sweep's parent run as replaced by a newer one (tag ``iakd.superseded_by``); close it if open."""
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     client.set_tag(run_id, "iakd.superseded_by", by)
-    if client.get_run(run_id).info.status in _OPEN_STATUSES:
+    if client.get_run(run_id).info.status in OPEN_STATUSES:
         finish_parent_run(tracking_uri, run_id, status="KILLED")
 
 
 def close_run(tracking_uri: str, run_id: str, *, status: str = "FINISHED",
               tags: Mapping[str, Any] | None = None) -> bool:
     """Terminate ``run_id`` with ``status`` if it is still open (with ``tags`` first); True if it was open."""
-    client = _client(tracking_uri)
-    if client.get_run(run_id).info.status not in _OPEN_STATUSES:
+    client = mlflow_client(tracking_uri)
+    if client.get_run(run_id).info.status not in OPEN_STATUSES:
         return False
     client.log_batch(run_id, tags=_tags(tags or {}))
     client.set_terminated(run_id, status=status)
@@ -347,11 +394,14 @@ def delete_children(tracking_uri: str, parent_run_id: str, tags: Mapping[str, st
     """Delete the children of a parent that carry all ``tags``; return how many.
 
     A trial restarted from scratch (it had no checkpoint yet) replaces the run it had begun, so that one
-    trial never has two runs.
+    trial never has two runs. A run still open (its worker was killed mid-epoch) is finished as KILLED first:
+    deleted or not, no run anywhere reads as running.
     """
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     stale = child_runs(tracking_uri, parent_run_id, tags)
     for run in stale:
+        if run.info.status in OPEN_STATUSES:
+            client.set_terminated(run.info.run_id, status="KILLED")
         client.delete_run(run.info.run_id)
     return len(stale)
 
@@ -380,7 +430,7 @@ class TrialRun:
     ) -> None:
         if run_id is None:
             experiment_id = connect(tracking_uri, experiment)  # first: it may create the database
-            self._client = _client(tracking_uri)
+            self._client = mlflow_client(tracking_uri)
             run_tags = _tag_dict(tags)
             if parent_run_id is not None:
                 run_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id  # this tag nests the run in the UI
@@ -389,7 +439,7 @@ class TrialRun:
             self._client.log_batch(self._run_id, params=_params(params or {}))
         else:
             # Continue the same run: re-logging params could only fail (a changed value is refused).
-            self._client = _client(tracking_uri)
+            self._client = mlflow_client(tracking_uri)
             self._run_id = run_id
             self._client.update_run(run_id, status="RUNNING")
             self.set_tags(tags or {})

@@ -178,3 +178,37 @@ def test_the_command_line_on_a_sweep_without_finished_runs_exits_2_with_one_line
     assert len(lines) == 1 and lines[0].startswith(f"error: experiment '{EMPTY_EXPERIMENT}'")
     assert lines[0].endswith("has no finished runs (1 run: 1 error)")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_command_line_on_a_server_that_is_down_exits_2_within_seconds(tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    result = _ablations(f"http://127.0.0.1:{port}", "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and time.monotonic() - started < 60  # the client alone would retry for minutes
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: tracking URI: no MLflow server answers at http://127.0.0.1:{port} within 5 s")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_report_of_a_sweep_that_did_not_end_says_it_is_provisional(built, tmp_path):
+    from iakd import tracking
+
+    client = MlflowClient(tracking_uri=built.uri)
+    experiment_id = tracking.connect(built.uri, "iakd-interrupted")  # its own experiment: the module's stays as it is
+    parent = client.create_run(experiment_id, tags={"iakd.role": "sweep", "iakd.sweep": "iakd-interrupted"},
+                               run_name="sweep-interrupted").info.run_id
+    client.log_param(parent, "experiment.num_samples", "3")
+    trial = client.create_run(experiment_id, run_name="search_only",
+                              tags={"mlflow.parentRunId": parent, "iakd.role": "search", "method": "iakd",
+                                    "status": "finished"}).info.run_id
+    client.log_metric(trial, "best_val_acc", 80.0)
+    client.set_terminated(trial, "FINISHED")  # one of three trials ran; the parent stays RUNNING
+    text = analyse(built.uri, parent_run_id=parent, out_dir=tmp_path / "out", log_to_mlflow=False).read_text()
+    assert ("**Provisional: this sweep has not ended (its parent run is RUNNING: still running, or its driver was "
+            "killed).** 2 of its 3 searched trials never started") in text

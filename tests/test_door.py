@@ -42,6 +42,7 @@ def files(tmp_path_factory):
                  num_classes=10, accuracy=90.0)
     torch.save({"model": [1, 2, 3]}, tmp / "no_state_dict.pth")
     (tmp / "a_file").write_text("")
+    (tmp / "empty.yaml").write_text("")
     # A finished one-epoch ce run to resume from (the catalogue's --resume cases compare against it).
     assert train_main(["--config", str(tmp / "run.yaml"), "--out", str(tmp / "done"), *FAST, "method.name=ce"]) == 0
     return tmp
@@ -92,6 +93,15 @@ def _train_cases(f: Path) -> list[tuple[list[str], str]]:
          f"--resume: method.name is 'kd' here but 'ce' in {f / 'done' / 'checkpoint.pt'}"),
         ([*run, "--out", str(f / "done"), "--resume", *FAST, "method.name=ce", "optim.epochs=3"],
          f"--resume: optim.epochs is 3 here but 1 in {f / 'done' / 'checkpoint.pt'}"),
+        # a folder that holds a run is never replaced without being asked to
+        ([*run, "--out", str(f / "done"), *FAST, "method.name=ce"],
+         f"--out {f / 'done'} already holds a run ({f / 'done' / 'checkpoint.pt'}); continue it with --resume, or "
+         "start it over on purpose with --restart"),
+        (["--config", str(f / "empty.yaml")], f"config file {f / 'empty.yaml'}: is empty"),
+        ([*run, "--out", str(f / "a_file" / "out"), *FAST],
+         f"--out (out_dir): {f / 'a_file' / 'out'} is not a writable folder ({f / 'a_file'} is a file)"),
+        ([*run, "--out", "/proc/iakd-out", *FAST],
+         "--out (out_dir): /proc/iakd-out is not a writable folder (nothing can be made in /proc"),
     ]
 
 
@@ -117,6 +127,9 @@ def _search_cases(f: Path) -> list[tuple[list[str], str]]:
         (["run.data.name=cifar100", f"run.data.dir={f / 'nowhere'}"],
          f"run.data.dir: {f / 'nowhere' / 'cifar-100-python'} not found"),
         (["run.teacher.checkpoint=/nowhere/teacher.pth"], "run.teacher.checkpoint: /nowhere/teacher.pth not found"),
+        (["--storage-path", "/proc/iakd-x"], "--storage-path (storage_path): /proc/iakd-x is not a writable folder"),
+        (["--tracking-uri", f"sqlite:///{f}"], f"--tracking-uri (tracking_uri): {f} is a folder, not an MLflow "
+                                                "database file"),
     ]
 
 
@@ -131,7 +144,7 @@ def test_the_catalogue_holds_at_least_30_cases(files):
     assert len(_train_cases(files)) + len(_search_cases(files)) >= 30
 
 
-@pytest.mark.parametrize("index", range(31))
+@pytest.mark.parametrize("index", range(35))
 def test_python_m_iakd_train_refuses_bad_input_with_one_line(index, files, tmp_path, monkeypatch, capsys):
     args, message = _train_cases(files)[index]
     monkeypatch.chdir(tmp_path)
@@ -143,7 +156,7 @@ def test_python_m_iakd_train_refuses_bad_input_with_one_line(index, files, tmp_p
     assert {p: p.stat().st_mtime_ns for p in (files / "done").iterdir()} == done  # the resumable run untouched
 
 
-@pytest.mark.parametrize("index", range(14))
+@pytest.mark.parametrize("index", range(16))
 def test_tune_search_refuses_bad_input_with_one_line(index, files, tmp_path, monkeypatch, capsys):
     args, message = _search_cases(files)[index]
     monkeypatch.chdir(tmp_path)

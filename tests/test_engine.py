@@ -12,6 +12,7 @@ from iakd.data import load_dataset
 from iakd.engine import (
     build_method,
     build_student,
+    compute_changes,
     judged_epochs,
     prepare_teacher,
     recompute_bn_statistics,
@@ -301,3 +302,38 @@ def test_the_pure_student_is_evaluated_with_recomputed_statistics_and_its_runnin
     assert running[0]["val_acc"] == running[0]["val_acc_running_bn"] == recomputed[0]["val_acc_running_bn"]
     assert recomputed[-1]["val_acc"] != recomputed[-1]["val_acc_running_bn"]
     assert running[-1]["train_loss"] == recomputed[-1]["train_loss"]  # evaluation does not change training
+
+
+def test_a_resume_with_other_precision_says_so(tmp_path, teacher_cache):
+    first = student_config(tmp_path, teacher_cache, "optim.epochs=2", "method.name=ce")
+    train(first, [lambda m, c: m["epoch"] == 1], log=quiet)
+    lines = []
+    again = student_config(tmp_path, teacher_cache, "optim.epochs=2", "method.name=ce", "compute.channels_last=true")
+    train(again, resume_from=tmp_path / "checkpoint.pt", log=lines.append)
+    assert "resumed with compute.channels_last=True (the checkpoint's epochs ran with False): rounding changes here" \
+        in lines
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["config"]
+    assert compute_changes(saved, first) == {"compute.channels_last": (True, False)}
+    assert compute_changes(saved, again) == {}
+
+
+def test_ctrl_c_prints_one_line_saying_where_the_checkpoint_is_and_exits_130(tmp_path, teacher_cache):
+    import signal
+    import time
+
+    config = tmp_path / "run.yaml"
+    config.write_text(f"teacher: {{arch: resnet14, epochs: 6, cache_dir: {teacher_cache}}}\nmethod: {{name: ce}}\n")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "iakd.train", "--config", str(config), "--out", str(out), *FAST,
+                             "optim.epochs=500"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoint.pt").is_file() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == [
+        f"interrupted: the last checkpoint is {out / 'checkpoint.pt'}; continue with: python -m iakd.train --config "
+        f"{config} --out {out} --resume {' '.join(FAST)} optim.epochs=500"]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] >= 1  # and it resumes from there

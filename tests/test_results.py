@@ -18,7 +18,8 @@ from test_analysis_export import RunSpec, _log
 from iakd import tracking
 from iakd.analysis.report import analyse
 from iakd.analysis.stats import mean_interval, paired_difference
-from iakd.search.runner import SearchSummary, format_summary, sweep_answer
+from iakd.search.runner import sweep_answer
+from iakd.search.summary import SearchSummary, format_summary
 
 EXPERIMENT = "iakd-results-test"
 T0 = 1_700_000_000_000

@@ -33,7 +33,8 @@ def sweep(tmp_path_factory):
     from mlflow.tracking import MlflowClient
 
     from iakd.search.experiment import load_experiment
-    from iakd.search.runner import format_summary, run_search
+    from iakd.search.runner import run_search
+    from iakd.search.summary import format_summary
 
     tmp = tmp_path_factory.mktemp("sweep")
     ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths must stay < 107 characters

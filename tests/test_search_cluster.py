@@ -59,7 +59,8 @@ def test_trials_spread_over_both_nodes_and_fall_back_to_the_cpu(two_node_cluster
 
     from iakd import tracking
     from iakd.search.experiment import load_experiment
-    from iakd.search.runner import format_summary, run_search
+    from iakd.search.runner import run_search
+    from iakd.search.summary import format_summary
 
     nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert len(nodes) == 2

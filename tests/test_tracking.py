@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from iakd import tracking
+from iakd.errors import ConfigError
 from iakd.tracking import TrialRun
 
 EXPERIMENT = "iakd-test"
@@ -248,3 +249,27 @@ def test_absolute_uri_resolves_relative_sqlite_paths(tmp_path, monkeypatch):
     assert tracking.absolute_uri("sqlite:///runs/mlflow.db") == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
     assert tracking.absolute_uri("sqlite:////abs/mlflow.db") == "sqlite:////abs/mlflow.db"
     assert tracking.absolute_uri("http://tracking:5000") == "http://tracking:5000"
+
+
+def test_a_trial_run_replaced_from_scratch_is_finished_as_killed_before_it_is_deleted(uri, client):
+    parent = tracking.start_parent_run(uri, EXPERIMENT, "sweep")
+    stale = _trial(uri, parent, "trial_a", tags={"iakd.trial_id": "a"})  # its worker died mid-epoch: still open
+    kept = _trial(uri, parent, "trial_b", tags={"iakd.trial_id": "b"})
+    assert tracking.delete_children(uri, parent, {"iakd.trial_id": "a"}) == 1
+    gone = client.get_run(stale.run_id)
+    assert gone.info.lifecycle_stage == "deleted" and gone.info.status == "KILLED"
+    assert client.get_run(kept.run_id).info.status == "RUNNING"  # another trial's run is not touched
+
+
+def test_a_server_that_does_not_answer_is_one_line_within_seconds():
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=rf"^tracking URI: no MLflow server answers at "
+                                         rf"http://127.0.0.1:{port} within 5 s"):
+        tracking.mlflow_client(f"http://127.0.0.1:{port}", must_exist=True)
+    assert time.monotonic() - started < tracking.TIMEOUT_S + 5

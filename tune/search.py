@@ -16,7 +16,8 @@ from pathlib import Path
 
 from iakd.errors import ConfigError
 from iakd.search.experiment import load_experiment
-from iakd.search.runner import format_summary, run_search
+from iakd.search.runner import run_search
+from iakd.search.summary import format_summary
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "digits.yaml"
 

@@ -26,7 +26,6 @@ import pyarrow.parquet as pq
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from sqlalchemy.engine import make_url
 
 from iakd import tracking
 from iakd.checkpoint import atomic_path
@@ -48,9 +47,7 @@ __all__ = [
     "write_tables",
 ]
 
-SWEEP_TAG = "iakd.sweep"
-ROLE_TAG = "iakd.role"
-CANDIDATE_TAG = "iakd.candidate"
+SWEEP_TAG, ROLE_TAG, CANDIDATE_TAG = tracking.SWEEP_TAG, tracking.ROLE_TAG, tracking.CANDIDATE_TAG
 
 RUNS_SCHEMA = pa.schema([
     pa.field("run_id", pa.string(), nullable=False),
@@ -99,7 +96,6 @@ EPOCHS_SCHEMA = pa.schema([
 OUTCOMES: tuple[str, ...] = ("finished", "stopped_early", "diverged", "error", "killed", "unfinished")
 USABLE_OUTCOMES: tuple[str, ...] = ("finished", "stopped_early")
 
-_OPEN_STATUSES = frozenset({"RUNNING", "SCHEDULED"})
 # The SQL store clamps +-inf to +-max float (see iakd.tracking.TrialRun); read them back as infinities.
 _CLAMPED = 1.7976931348623157e308
 _HTTP_THREADS = 8  # metric histories are one request per run and key: overlap them against a server
@@ -115,6 +111,15 @@ class Sweep:
     parent_run_id: str
     runs: pa.Table
     epochs: pa.Table
+    # Whether the sweep ended: its parent's status (FINISHED once every stage ran; RUNNING while the driver
+    # runs or after it was killed; KILLED when interrupted) and the searched trials it asked for.
+    parent_status: str = "FINISHED"
+    interrupted: bool = False
+    num_samples: int | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.parent_status == "FINISHED" and not self.interrupted
 
 
 # ------------------------------------------------------------------------------------------- values
@@ -146,7 +151,7 @@ def _param_int(params: Mapping[str, str], key: str) -> int | None:
 
 def _outcome(status: str, status_tag: str | None) -> str:
     """The run's fate: its ``status`` tag when it has one, else what MLflow's status implies."""
-    if status in _OPEN_STATUSES:
+    if status in tracking.OPEN_STATUSES:
         return "unfinished"  # a tag may be there from an earlier attempt; the run is not over
     if status_tag == "stopped":  # the engine's word for "a callback stopped it"
         return "stopped_early"
@@ -156,15 +161,6 @@ def _outcome(status: str, status_tag: str | None) -> str:
 
 
 # ------------------------------------------------------------------------------------------- reading
-
-
-def _client(tracking_uri: str) -> MlflowClient:
-    if tracking_uri.startswith("sqlite:"):
-        database = make_url(tracking_uri).database
-        # Opening a missing sqlite file would create an empty database: a typo'd path must not do that.
-        if database and database != ":memory:" and not database.startswith("file:") and not Path(database).is_file():
-            raise ConfigError(f"tracking URI {tracking_uri}: no MLflow database at {database}")
-    return MlflowClient(tracking_uri=tracking_uri)
 
 
 def _find_parent(client: MlflowClient, tracking_uri: str, experiment: str | None,
@@ -290,7 +286,7 @@ def load_sweep(tracking_uri: str, experiment: str | None = None, parent_run_id: 
     logged epochs a row of ``epochs``. Raises :class:`~iakd.errors.ConfigError` (one line) when the store,
     the experiment, its sweep run or the given run does not exist.
     """
-    client = _client(tracking_uri)
+    client = tracking.mlflow_client(tracking_uri, must_exist=True)
     name, experiment_id, parent = _find_parent(client, tracking_uri, experiment, parent_run_id)
     children = sorted(tracking.child_runs(tracking_uri, parent), key=lambda r: (r.info.start_time or 0, r.info.run_id))
     threads = _HTTP_THREADS if tracking_uri.startswith(("http:", "https:")) else 1  # sqlite: one connection is best
@@ -303,7 +299,10 @@ def load_sweep(tracking_uri: str, experiment: str | None = None, parent_run_id: 
         run_rows.append(_run_row(run, parent, rows))
     runs = pa.Table.from_pylist(run_rows, schema=RUNS_SCHEMA)
     epochs = pa.Table.from_pylist(epoch_rows, schema=EPOCHS_SCHEMA)
-    return Sweep(tracking_uri, name, experiment_id, parent, runs, epochs)
+    info = client.get_run(parent)
+    return Sweep(tracking_uri, name, experiment_id, parent, runs, epochs, info.info.status,
+                 info.data.tags.get("iakd.interrupted") == "true",
+                 _param_int(info.data.params, "experiment.num_samples"))
 
 
 def write_tables(sweep: Sweep, out_dir: str | Path) -> tuple[Path, Path]:

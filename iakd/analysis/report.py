@@ -18,8 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
-from mlflow.tracking import MlflowClient
 
+from iakd import tracking
 from iakd.analysis import plots
 from iakd.analysis.export import Sweep, default_out_dir, exclusions, load_sweep, usable, write_tables
 from iakd.analysis.results import sweep_results
@@ -76,6 +76,21 @@ def _header(sweep: Sweep, runs: pd.DataFrame) -> list[str]:
         "beside it and never used to choose. Intervals are 95 % Student-t intervals over seeds "
         "(`mean ± half-width`, n/a for one seed); differences are paired by seed.", "",
     ]
+
+
+def _completeness(sweep: Sweep, runs: pd.DataFrame) -> list[str]:
+    """A line at the top when the sweep did not end: its answer is provisional."""
+    if sweep.complete:
+        return []
+    searched = int((runs["role"] == "search").sum())
+    expected = sweep.num_samples
+    missing = f"{expected - searched} of its {expected} searched trials never started, " if expected else ""
+    state = "was interrupted" if sweep.parent_status == "KILLED" or sweep.interrupted else (
+        f"has not ended (its parent run is {sweep.parent_status}: still running, or its driver was killed)")
+    return [f"**Provisional: this sweep {state}.** {missing}"
+            "runs still open count as unfinished, and stages that never ran (e.g. the confirmation) are missing: "
+            "read every figure below as a snapshot, not as the sweep's answer. Continue it with "
+            "`python tune/search.py --resume`.", ""]
 
 
 def _runs_section(runs: pd.DataFrame) -> list[str]:
@@ -235,8 +250,8 @@ def write_report(sweep: Sweep, out_dir: str | Path) -> Path:
         (folder / f"{plot.name}.png").unlink(missing_ok=True)
     write_tables(sweep, folder)
     rendered = plots.render_all(runs, epochs, folder)
-    lines = (_header(sweep, runs) + _runs_section(runs) + _answer_section(runs) + _top_section(runs)
-             + _baselines_section(runs) + _confirmation_section(runs) + _plots_section(rendered)
+    lines = (_header(sweep, runs) + _completeness(sweep, runs) + _runs_section(runs) + _answer_section(runs)
+             + _top_section(runs) + _baselines_section(runs) + _confirmation_section(runs) + _plots_section(rendered)
              + ["## Files", "", "`runs.parquet` (one row per run, every outcome) and `epochs.parquet` (one row per "
                 "run and epoch), written by `iakd.analysis.export`.", ""])
     path = folder / REPORT_NAME
@@ -257,5 +272,5 @@ def analyse(tracking_uri: str, experiment: str | None = None, parent_run_id: str
     folder = Path(out_dir) if out_dir is not None else default_out_dir(sweep.experiment)
     report = write_report(sweep, folder)
     if log_to_mlflow:
-        MlflowClient(tracking_uri=tracking_uri).log_artifacts(sweep.parent_run_id, str(folder), ARTIFACT_PATH)
+        tracking.mlflow_client(tracking_uri).log_artifacts(sweep.parent_run_id, str(folder), ARTIFACT_PATH)
     return report

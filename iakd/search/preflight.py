@@ -9,38 +9,24 @@ from __future__ import annotations
 
 import os
 import socket
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+from iakd.checkpoint import check_writable_folder
 from iakd.config import TrainConfig
 from iakd.data import check_data_folder
 from iakd.errors import ConfigError
 from iakd.search import storage
+from iakd.tracking import TIMEOUT_S, _sqlite_file, check_server
 
 __all__ = ["check_storage", "check_tracking_uri", "check_address", "check_run_inputs", "TIMEOUT_S"]
 
-# How long a server may take to answer before it counts as down.
-TIMEOUT_S = 5.0
-
-
-def _writable_folder(folder: Path, what: str) -> None:
-    """``folder`` is a writable folder, or could be made as one: its nearest existing ancestor is a writable
-    folder. Nothing is created here (a refused search leaves nothing behind)."""
-    existing = folder.resolve()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"{what}: {folder} is not a writable folder ({existing} is a file)")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what}: {folder} is not a writable folder ({existing} is read-only)")
 
 
 def check_storage(storage_path: str) -> None:
     """The Tune storage path: a writable folder, or a URI whose filesystem answers."""
     what = "--storage-path (storage_path)"
     if not storage.is_uri(storage_path):
-        _writable_folder(Path(storage_path), what)
+        check_writable_folder(Path(storage_path), what)
         return
     try:
         import pyarrow.fs
@@ -56,27 +42,18 @@ def check_tracking_uri(tracking_uri: str, timeout: float = TIMEOUT_S) -> None:
     """The MLflow tracking URI: a sqlite file in a writable folder, or an http(s) server that answers."""
     what = "--tracking-uri (tracking_uri)"
     if tracking_uri.startswith("sqlite:"):
-        from iakd.tracking import _sqlite_file
 
         database = _sqlite_file(tracking_uri)
         if database is None:  # in-memory
             return
-        _writable_folder(database.resolve().parent, what)
+        if database.is_dir():
+            raise ConfigError(f"{what}: {database} is a folder, not an MLflow database file")
+        check_writable_folder(database.resolve().parent, what)
         if database.exists() and not os.access(database, os.R_OK | os.W_OK):
             raise ConfigError(f"{what}: {database} is not a readable and writable file")
         return
     if tracking_uri.startswith(("http://", "https://")):
-        url = tracking_uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                if response.status != 200:
-                    raise ConfigError(f"{what}: {tracking_uri} answered {response.status} at /health")
-        except ConfigError:
-            raise
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            reason = getattr(e, "reason", e)
-            raise ConfigError(f"{what}: no MLflow server answers at {tracking_uri} within {timeout:g} s "
-                              f"({reason})") from None
+        check_server(tracking_uri, what, timeout)
         return
     raise ConfigError(f"{what}: {tracking_uri!r} is not a sqlite:/// path or an http(s):// server")
 

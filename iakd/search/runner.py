@@ -1,35 +1,35 @@
-"""Running a search: the teacher once, one MLflow parent run, the baselines and the searched trials as Ray
-Tune experiments (Optuna TPE through ``OptunaSearch``, ASHA on per-epoch ``val_acc``), then a summary.
+"""Running a search, as its stages: the teacher once (:mod:`iakd.search.teacher`), one MLflow parent run, then the
+Tune stages (baselines, search with Optuna's TPE through ``OptunaSearch`` and ASHA after the handover,
+confirmation), and the sweep's answer (:mod:`iakd.analysis.results`) logged to the parent run with the report.
 
-``run_search(experiment)`` is what ``tune/search.py`` calls; tests call it the same way.
+``run_search(experiment)`` is what ``tune/search.py`` calls; tests call it the same way. Its summary prints with
+:func:`iakd.search.summary.format_summary`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 import ray
-import torch
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from iakd import tracking
 from iakd.analysis.results import SweepResults, sweep_results
-from iakd.checkpoint import load_file
-from iakd.config import MethodConfig, TrainConfig, to_dict
-from iakd.engine import evaluate, judged_epochs, load_data, prepare_teacher, teacher_file, teacher_warning
+from iakd.config import MethodConfig, to_dict
+from iakd.engine import judged_epochs
 from iakd.methods import METHODS
-from iakd.search import preflight, storage
+from iakd.search import preflight
 from iakd.search.experiment import Experiment, ExperimentConfig
 from iakd.search.scheduler import HandoverASHA
 from iakd.search.space import Choice, Fixed
+from iakd.search.summary import SearchSummary, TrialSummary, format_value
+from iakd.search.teacher import check_teacher, share_teacher
 from iakd.search.trainable import (
     CANDIDATE_KEY,
     TRIAL_TAG,
@@ -40,41 +40,14 @@ from iakd.search.trainable import (
     run_trial,
     trial_name,
 )
-from iakd.teachers import load_teacher
 
-__all__ = ["TrialSummary", "SearchSummary", "run_search", "share_teacher", "format_summary", "confirm_candidates",
-           "check_teacher", "sweep_answer"]
+__all__ = ["run_search", "confirm_candidates", "sweep_answer"]
 
-SWEEP_TAG = "iakd.sweep"
 # A baseline trains with its method's standard loss weights and temperature (KD: 0.1 / 0.9 at T = 4), whatever the
 # base run sets for IAKD.
 BASELINE_WEIGHTS: dict[str, Any] = {"method.ce_weight": None, "method.kd_weight": None,
                                     "method.temperature": MethodConfig().temperature}
 METHODS_USING_TEACHER = frozenset(name for name, cls in METHODS.items() if cls.uses_teacher)
-
-
-@dataclass
-class TrialSummary:
-    name: str
-    overrides: dict[str, Any]
-    score: float  # the best value of the search's metric over the epochs it is judged on (engine.judged_epochs)
-    last_test_acc: float
-    epochs: int
-    run_id: str | None
-
-
-@dataclass
-class SearchSummary:
-    experiment: str
-    parent_run_id: str
-    tracking_uri: str
-    metric: str
-    best: TrialSummary | None
-    baselines: list[TrialSummary] = field(default_factory=list)
-    trials: list[TrialSummary] = field(default_factory=list)
-    interrupted: bool = False
-    answer: SweepResults | None = None  # the sweep's answer (None when interrupted): what the printout shows
-    experiment_id: str = ""
 
 
 def _summaries(results: tune.ResultGrid, metric: str, mode: str, run_ids: dict[str, str]) -> list[TrialSummary]:
@@ -138,9 +111,10 @@ def run_search(
     if warning:
         log(f"warning: {warning}")
 
-    parent_tags = {SWEEP_TAG: name, "iakd.role": "sweep", "teacher": base.teacher.arch, "student": base.student.arch,
-                   "dataset": base.data.name, **({"teacher_warning": warning} if warning else {})}
-    previous = tracking.find_run(uri, name, {SWEEP_TAG: name, "iakd.role": "sweep"})
+    parent_tags = {tracking.SWEEP_TAG: name, tracking.ROLE_TAG: "sweep", "teacher": base.teacher.arch,
+                   "student": base.student.arch, "dataset": base.data.name,
+                   **({"teacher_warning": warning} if warning else {})}
+    previous = tracking.find_run(uri, name, {tracking.SWEEP_TAG: name, tracking.ROLE_TAG: "sweep"})
     superseded = None
     if previous is not None and not reuse_parent:
         superseded, previous = previous, None
@@ -178,95 +152,131 @@ def _stage_paths(cfg: ExperimentConfig) -> tuple[str, str, str]:
 def _run_stages(experiment: Experiment, parent: str, uri: str, teacher_path: str, warning: str | None, *,
                 resume: bool, address: str | None, log: Callable[[str], None], verbose: int,
                 analysis: bool) -> SearchSummary:
-    """The stages of a sweep whose parent run is open: baselines, search, confirmation, analysis."""
-    cfg, base, name = experiment.config, experiment.base, experiment.config.experiment
-    baseline_path, search_path, confirm_path = _stage_paths(cfg)
-
+    """The stages of a sweep whose parent run is open: baselines, search, confirmation, then its answer."""
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=verbose > 1)
-    base_dict = to_dict(base)
-    resources = {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu}
-    closer = CloseTrialRuns(uri, parent)
+    stages = _Stages(experiment, parent, uri, teacher_path, warning, resume, verbose)
+    baselines, interrupted = stages.baselines()
+    trials: list[TrialSummary] = []
+    if not interrupted:
+        trials, interrupted = stages.search()
+    ranked = stages.ranking(trials)  # chosen once, on validation: the confirmation re-trains its top
+    if not interrupted:
+        interrupted = stages.confirmation(ranked)
+    answer = stages.close(ranked[0] if ranked else None, baselines, interrupted, analysis, log)
+    return SearchSummary(experiment.config.experiment, parent, uri, experiment.config.metric,
+                         ranked[0] if ranked else None, baselines, trials, interrupted, answer,
+                         tracking.connect(uri, experiment.config.experiment))
 
-    def run_config(run_name: str) -> tune.RunConfig:
-        return tune.RunConfig(name=run_name, storage_path=cfg.storage_path, callbacks=[closer], verbose=verbose,
-                              failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-                              checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
 
-    def trainable(role: str, candidates: dict[str, dict[str, Any]] | None = None):
-        context = TrialContext(base_dict, teacher_path, uri, name, parent, role, warning, candidates)
-        return tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
+@dataclass
+class _Stages:
+    """The Tune stages of one sweep whose parent run is open: what they share, and one method per stage. Each
+    stage returns whether Tune stopped before all its trials ended (an interrupted sweep, to resume)."""
 
-    interrupted = False
-    baselines: list[TrialSummary] = []
-    if cfg.baselines.methods:
-        # Each baseline with its own standard loss weights, whatever the base run sets for IAKD.
+    experiment: Experiment
+    parent: str
+    uri: str
+    teacher_path: str
+    warning: str | None
+    resume: bool
+    verbose: int
+
+    def __post_init__(self) -> None:
+        self.cfg = self.experiment.config
+        self.closer = CloseTrialRuns(self.uri, self.parent)
+
+    def _fit(self, path: str, role: str, param_space: dict, tune_config: tune.TuneConfig, run_name: str,
+             candidates: dict[str, dict[str, Any]] | None = None) -> tune.ResultGrid:
+        cfg = self.cfg
+        context = TrialContext(to_dict(self.experiment.base), self.teacher_path, self.uri, cfg.experiment,
+                               self.parent, role, self.warning, candidates)
+        trainable = tune.with_resources(tune.with_parameters(run_trial, context=context),
+                                        {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
+        run_config = tune.RunConfig(name=run_name, storage_path=cfg.storage_path, callbacks=[self.closer],
+                                    verbose=self.verbose,
+                                    failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+                                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
+        return _tuner(path, trainable, param_space, tune_config, run_config, self.resume).fit()
+
+    def baselines(self) -> tuple[list[TrialSummary], bool]:
+        """CE and KD (or whichever baselines) on their seeds, each with its own standard hyperparameters."""
+        cfg = self.cfg
+        if not cfg.baselines.methods:
+            return [], False
         grid = {"method.name": tune.grid_search(list(cfg.baselines.methods)),
                 "seed": tune.grid_search(list(cfg.baselines.seeds)), **BASELINE_WEIGHTS}
-        tuner = _tuner(baseline_path, trainable("baseline"), grid,
-                       tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, max_concurrent_trials=cfg.max_concurrent,
-                                       trial_name_creator=baseline_name, trial_dirname_creator=baseline_name),
-                       run_config(f"{name}-baselines"), resume)
-        grid_results = tuner.fit()
-        baselines = _summaries(grid_results, cfg.metric, cfg.mode, _run_ids(uri, parent))
-        interrupted |= _unfinished(grid_results, len(cfg.baselines.methods) * len(cfg.baselines.seeds))
+        results = self._fit(_stage_paths(cfg)[0], "baseline", grid,
+                            tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, max_concurrent_trials=cfg.max_concurrent,
+                                            trial_name_creator=baseline_name, trial_dirname_creator=baseline_name),
+                            f"{cfg.experiment}-baselines")
+        summaries = _summaries(results, cfg.metric, cfg.mode, _run_ids(self.uri, self.parent))
+        return summaries, _unfinished(results, len(cfg.baselines.methods) * len(cfg.baselines.seeds))
 
-    trials: list[TrialSummary] = []
-    if not interrupted:  # num_samples >= 1, checked at load
-        searcher = OptunaSearch(space=experiment.space.define_by_run, metric=cfg.metric, mode=cfg.mode,
+    def search(self) -> tuple[list[TrialSummary], bool]:
+        """The searched trials: Optuna's TPE through OptunaSearch, cut short by ASHA only after the handover."""
+        cfg, epochs = self.cfg, self.experiment.epochs
+        searcher = OptunaSearch(space=self.experiment.space.define_by_run, metric=cfg.metric, mode=cfg.mode,
                                 sampler=optuna.samplers.TPESampler(seed=cfg.searcher_seed))
         scheduler = None
         if cfg.scheduler.name == "asha":
             # max_t one past the last epoch: ASHA stops every trial that reaches max_t, and a trial that ran all
             # its epochs must end as finished, not as stopped early by the scheduler. No trial is scored while
             # it swaps (HandoverASHA).
-            scheduler = HandoverASHA(time_attr="epoch", metric=cfg.metric, mode=cfg.mode, max_t=experiment.epochs + 1,
-                                      grace_period=min(cfg.scheduler.grace_period, experiment.epochs),
-                                      reduction_factor=cfg.scheduler.reduction_factor)
-        tuner = _tuner(search_path, trainable("search"), {},
-                       tune.TuneConfig(num_samples=cfg.num_samples, scheduler=scheduler, trial_name_creator=trial_name,
-                                       trial_dirname_creator=trial_name,
-                                       search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.max_concurrent)),
-                       run_config(name), resume)
-        results = tuner.fit()
-        trials = _summaries(results, cfg.metric, cfg.mode, _run_ids(uri, parent))
-        interrupted |= _unfinished(results, cfg.num_samples)
+            scheduler = HandoverASHA(time_attr="epoch", metric=cfg.metric, mode=cfg.mode, max_t=epochs + 1,
+                                     grace_period=min(cfg.scheduler.grace_period, epochs),
+                                     reduction_factor=cfg.scheduler.reduction_factor)
+        results = self._fit(_stage_paths(cfg)[1], "search", {},
+                            tune.TuneConfig(num_samples=cfg.num_samples, scheduler=scheduler,
+                                            trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+                                            search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.max_concurrent)),
+                            cfg.experiment)
+        return _summaries(results, cfg.metric, cfg.mode, _run_ids(self.uri, self.parent)), \
+            _unfinished(results, cfg.num_samples)
 
-    # The winner is chosen once, on validation, from the search stage's runs as MLflow holds them (the same
-    # table the report reads): the confirmation re-trains the top of that ranking on fresh seeds.
-    by_name = {t.name: t for t in trials}
-    ranked = [by_name[n] for n in sweep_answer(uri, parent).ranking["run_name"] if n in by_name] if trials else []
-    best = ranked[0] if ranked else None
-    if not interrupted and cfg.confirm.top_k > 0 and ranked:
-        # Baselines that the baseline stage already trained on every confirmation seed are not trained again.
+    def ranking(self, trials: list[TrialSummary]) -> list[TrialSummary]:
+        """The searched trials in the search's ranking on validation, from their runs as MLflow holds them (the
+        table the report reads); the first is the winner."""
+        if not trials:
+            return []
+        by_name = {t.name: t for t in trials}
+        return [by_name[n] for n in sweep_answer(self.uri, self.parent).ranking["run_name"] if n in by_name]
+
+    def confirmation(self, ranked: list[TrialSummary]) -> bool:
+        """The top of the ranking trained again on fresh seeds, beside baselines on the same seeds (those the
+        baseline stage already trained there are not trained again)."""
+        cfg = self.cfg
+        if cfg.confirm.top_k == 0 or not ranked:
+            return False
         reuse = set(cfg.confirm.seeds) <= set(cfg.baselines.seeds)
         candidates = confirm_candidates(ranked, cfg.confirm.top_k, [] if reuse else cfg.baselines.methods)
         grid = {CANDIDATE_KEY: tune.grid_search(list(candidates)), "seed": tune.grid_search(list(cfg.confirm.seeds))}
-        tuner = _tuner(confirm_path, trainable("confirm", candidates), grid,
-                       tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, max_concurrent_trials=cfg.max_concurrent,
-                                       trial_name_creator=confirm_name, trial_dirname_creator=confirm_name),
-                       run_config(f"{name}-confirm"), resume)
-        confirm_results = tuner.fit()
-        interrupted |= _unfinished(confirm_results, len(candidates) * len(cfg.confirm.seeds))
+        results = self._fit(_stage_paths(cfg)[2], "confirm", grid,
+                            tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, max_concurrent_trials=cfg.max_concurrent,
+                                            trial_name_creator=confirm_name, trial_dirname_creator=confirm_name),
+                            f"{cfg.experiment}-confirm", candidates)
+        return _unfinished(results, len(candidates) * len(cfg.confirm.seeds))
 
-    answer = None
-    if interrupted:
-        # Not the end of the sweep: close what is open as KILLED; --resume re-opens the same runs.
-        tracking.finish_parent_run(uri, parent, tags={"iakd.interrupted": "true"}, status="KILLED")
-        log(f"interrupted: continue with --resume (experiment {name!r}, storage {cfg.storage_path})")
-    else:
-        answer = sweep_answer(uri, parent)  # one answer: the printout, these metrics and the report read it
+    def close(self, best: TrialSummary | None, baselines: list[TrialSummary], interrupted: bool, analysis: bool,
+              log: Callable[[str], None]) -> SweepResults | None:
+        """The parent run closed: KILLED when interrupted (``--resume`` re-opens it), else FINISHED with the
+        sweep's answer (the one the printout and the report show) and, with ``analysis``, the report."""
+        cfg, uri = self.cfg, self.uri
+        if interrupted:
+            tracking.finish_parent_run(uri, self.parent, tags={"iakd.interrupted": "true"}, status="KILLED")
+            log(f"interrupted: continue with --resume (experiment {cfg.experiment!r}, storage {cfg.storage_path})")
+            return None
+        answer = sweep_answer(uri, self.parent)
         metrics, tags = answer.metrics(cfg.metric), {"iakd.interrupted": "false"}
         if best is not None:
             tags.update({"best_trial": best.name, "best_run_id": best.run_id or "",
-                         "best_config": ", ".join(f"{k}={_fmt(v)}" for k, v in best.overrides.items())})
+                         "best_config": ", ".join(f"{k}={format_value(v)}" for k, v in best.overrides.items())})
         for b in baselines:
             metrics[f"baseline_{b.overrides.get('method.name')}_seed{b.overrides.get('seed')}_{cfg.metric}"] = b.score
         if cfg.analysis and analysis:
-            tags["iakd.analysis"] = _analyse(uri, parent, log)
-        tracking.finish_parent_run(uri, parent, metrics=metrics, tags=tags)
-    return SearchSummary(name, parent, uri, cfg.metric, best, baselines, trials, interrupted, answer,
-                         tracking.connect(uri, name))
+            tags["iakd.analysis"] = _analyse(uri, self.parent, log)
+        tracking.finish_parent_run(uri, self.parent, metrics=metrics, tags=tags)
+        return answer
 
 
 def sweep_answer(tracking_uri: str, parent_run_id: str) -> SweepResults:
@@ -274,51 +284,6 @@ def sweep_answer(tracking_uri: str, parent_run_id: str) -> SweepResults:
     from iakd.analysis.export import load_sweep  # pandas and pyarrow: only once a sweep has runs
 
     return sweep_results(load_sweep(tracking_uri, parent_run_id=parent_run_id).runs.to_pandas())
-
-
-def share_teacher(base: TrainConfig, storage_path: str, *, log: Callable[[str], None] = print) -> str:
-    """Train (or check) the sweep's teacher once, here, and return where every trial reads it.
-
-    On a folder (local or NFS) a trained teacher is cached under ``<storage_path>/teachers`` and trials read it
-    there; a given ``teacher.checkpoint`` is read where it is. Behind a URI (``s3://``...) the driver keeps its
-    copy in ``teacher.cache_dir`` and publishes the file to ``<storage_path>/teachers/``, where trials on any
-    node, and a resumed sweep on a new head node, find it.
-    """
-    if not storage.is_uri(storage_path):
-        if not base.teacher.checkpoint:
-            base.teacher.cache_dir = str(Path(storage_path) / "teachers")
-        return str(prepare_teacher(base, log=log))
-    if base.teacher.checkpoint:
-        local = prepare_teacher(base, log=log)  # checks that the given file exists
-        # users' files may share a name: the published one carries its content's digest
-        remote = storage.join(storage_path, "teachers", f"{local.stem}-{_file_digest(local)}{local.suffix}")
-    else:
-        local = teacher_file(base)
-        remote = storage.join(storage_path, "teachers", local.name)  # the cache key already names the recipe
-        if not local.is_file() and storage.exists(remote):
-            log(f"teacher {base.teacher.arch}: fetching {remote}")
-            storage.download(remote, local)
-        local = prepare_teacher(base, log=log)
-    if not storage.exists(remote):
-        log(f"teacher {base.teacher.arch}: publishing {local} -> {remote}")
-        storage.upload(local, remote)
-    return remote
-
-
-def check_teacher(base: TrainConfig, teacher_path: str) -> str | None:
-    """A warning when the sweep's teacher is within a few points of chance accuracy (see engine.teacher_warning).
-
-    A teacher trained here carries its test accuracy; a file from elsewhere is evaluated on the test split once.
-    """
-    local = storage.fetch(teacher_path)
-    state = load_file(local, what="teacher checkpoint", required=("model",))
-    accuracy, num_classes = state.get("accuracy"), state.get("num_classes")
-    if accuracy is None or num_classes is None:
-        cfg = dataclasses.replace(base, device="cpu")
-        dataset = load_data(cfg, torch.device("cpu"))
-        teacher = load_teacher(local, base.teacher.arch, dataset.num_classes)
-        accuracy, num_classes = evaluate(teacher, dataset.test), dataset.num_classes
-    return teacher_warning(float(accuracy), int(num_classes))
 
 
 def _methods_in(experiment: Experiment) -> set[str]:
@@ -337,14 +302,6 @@ def _run_ids(tracking_uri: str, parent_run_id: str) -> dict[str, str]:
     """Tune trial id -> MLflow run id, for the children of a sweep (the trial-id tag is the one link)."""
     return {r.data.tags[TRIAL_TAG]: r.info.run_id for r in tracking.child_runs(tracking_uri, parent_run_id)
             if TRIAL_TAG in r.data.tags}
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
 
 
 def confirm_candidates(ranked: list[TrialSummary], top_k: int, baselines: list[str]) -> dict[str, dict[str, Any]]:
@@ -379,48 +336,3 @@ def _unfinished(results: tune.ResultGrid, expected: int) -> bool:
     return results.num_terminated + results.num_errors - never_ran < expected
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _left_out(left_out: dict[str, int]) -> str:
-    if not left_out:
-        return "every confirmation run counted"
-    reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(left_out.items()))
-    return f"left out: {sum(left_out.values())} confirmation run(s) ({reasons})"
-
-
-def format_summary(summary: SearchSummary) -> str:
-    """The closing text of ``tune/search.py``: best configuration, its accuracy beside the baselines, and how
-    to browse the runs."""
-    lines = [f"Search {summary.experiment!r}: {len(summary.trials)} trials, {len(summary.baselines)} baselines"]
-    if summary.best is not None:
-        b = summary.best
-        lines.append(f"Best trial {b.name} (MLflow run {b.run_id}):")
-        lines += [f"    {k} = {_fmt(v)}" for k, v in sorted(b.overrides.items())]
-    rows = ([("best IAKD", summary.best)] if summary.best else []) + [
-        (f"{t.overrides.get('method.name')} (seed {t.overrides.get('seed')})", t) for t in summary.baselines]
-    if rows:
-        best = f"best {summary.metric}"
-        width = max(10, len(best))
-        lines.append(f"    {'':<18} {best:>{width}} {'last test_acc':>13} {'epochs':>6}")
-        lines += [f"    {label:<18} {t.score:>{width}.2f} {t.last_test_acc:>13.2f} {t.epochs:>6}" for label, t in rows]
-    answer = summary.answer
-    if answer is not None and (answer.confirmed or answer.left_out):
-        seeds = sorted({s for c in answer.confirmed for s in c.seeds})
-        lines.append(f"Confirmed on seeds {', '.join(map(str, seeds))} (mean ± 95 % interval; the configuration was "
-                     f"chosen on {summary.metric} in the search, test_acc is the last epoch's, reported only):")
-        lines.append(f"    {'':<28} {'best ' + summary.metric:>16} {'test_acc':>16} {'test_acc - kd':>16}")
-        for c in answer.confirmed:
-            vs_kd = answer.difference(c.name, "kd")
-            lines.append(f"    {c.name:<28} {c.val_interval.format():>16} {c.test_interval.format():>16} "
-                         f"{vs_kd.format(signed=True) if vs_kd is not None else '':>16}")
-        lines.append(f"    {_left_out(answer.left_out)}")
-    uri = summary.tracking_uri
-    # The runs table, not MLflow 3's GenAI overview (which the UI opens without workflowType).
-    page = f"#/experiments/{summary.experiment_id}/runs?workflowType=machine_learning"
-    if uri.startswith("http"):
-        lines.append(f"Browse the runs: {uri.rstrip('/')}/{page}")
-    else:
-        lines.append(f"Browse the runs: mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000/{page}")
-    return "\n".join(lines)

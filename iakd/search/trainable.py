@@ -24,7 +24,7 @@ from ray import tune
 from iakd import tracking
 from iakd.checkpoint import copy_atomic, load_file
 from iakd.config import TrainConfig, from_dict, to_dict
-from iakd.engine import handed_over, train
+from iakd.engine import compute_changes, handed_over, train
 from iakd.methods import METHODS
 from iakd.search import storage
 from iakd.search.space import apply_trial, trial_overrides
@@ -32,10 +32,10 @@ from iakd.search.space import apply_trial, trial_overrides
 __all__ = ["TrialContext", "run_trial", "trial_config", "trial_name", "baseline_name", "confirm_name",
            "CloseTrialRuns", "CANDIDATE_KEY", "TRIAL_TAG"]
 
-TRIAL_TAG = "iakd.trial_id"
+TRIAL_TAG = tracking.TRIAL_TAG
 # A confirmation trial's config names the configuration it re-trains (a searched trial's name, or a baseline
-# method); it is not a run-config key, so trial_overrides drops it.
-CANDIDATE_KEY = "iakd.candidate"
+# method), under the name of the tag its run carries; it is not a run-config key, so trial_overrides drops it.
+CANDIDATE_KEY = tracking.CANDIDATE_TAG
 
 
 @dataclass(frozen=True)
@@ -71,13 +71,13 @@ def _tags(cfg: TrainConfig, context: TrialContext, trial_id: str, config: dict[s
         "teacher": cfg.teacher.arch, "student": cfg.student.arch, "dataset": cfg.data.name, "method": cfg.method.name,
         "schedule_family": cfg.schedule["family"] if swaps else "none",
         "granularity": str(cfg.method.granularity) if swaps else "none",
-        TRIAL_TAG: trial_id, "iakd.role": context.role,
+        TRIAL_TAG: trial_id, tracking.ROLE_TAG: context.role,
         "node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
     }
     if CANDIDATE_KEY in config:
-        tags["iakd.candidate"] = str(config[CANDIDATE_KEY])
+        tags[tracking.CANDIDATE_TAG] = str(config[CANDIDATE_KEY])
     elif context.role == "baseline":  # a confirmation on the same seeds reuses it as its baseline
-        tags["iakd.candidate"] = cfg.method.name
+        tags[tracking.CANDIDATE_TAG] = cfg.method.name
     if context.teacher_warning:
         tags["teacher_warning"] = context.teacher_warning
     return tags
@@ -108,9 +108,11 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
 def _train_and_log(cfg: TrainConfig, context: TrialContext, trial, restored: str | None, config: dict) -> None:
     trial_tag = {TRIAL_TAG: trial.get_trial_id()}
     resume_from, done, run_id = None, [], None
+    changed: dict[str, tuple[Any, Any]] = {}
     if restored is not None:
         resume_from = Path(restored) / "checkpoint.pt"
-        done = load_file(resume_from, required=("history",))["history"]
+        saved = load_file(resume_from, required=("history", "config"))
+        done, changed = saved["history"], compute_changes(saved["config"], cfg)
         run_id = tracking.find_child(context.tracking_uri, context.parent_run_id, trial_tag)
     if run_id is None:  # starting from scratch: a run begun by an earlier attempt held no progress
         tracking.delete_children(context.tracking_uri, context.parent_run_id, trial_tag)
@@ -120,6 +122,9 @@ def _train_and_log(cfg: TrainConfig, context: TrialContext, trial, restored: str
 
     if run_id is None:
         run.log_dict(to_dict(cfg), "config.yaml")
+    if changed:  # the run's params say what it started with; this tag says what changed on resume, and when
+        run.set_tags({"iakd.resumed_compute": ", ".join(f"{k}: {a} -> {b} at epoch {len(done) + 1}"
+                                                        for k, (a, b) in changed.items())})
     best_val = -math.inf
 
     # MLflow holds each epoch once. An epoch is logged before tune.report hands it to Tune, because Tune stops
