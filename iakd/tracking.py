@@ -54,6 +54,7 @@ __all__ = [
     "TIMEOUT_S",
     "check_server",
     "mlflow_client",
+    "set_tags",
     "MAX_PARAM_LENGTH",
     "TrialRun",
     "absolute_uri",
@@ -369,6 +370,11 @@ def find_child(tracking_uri: str, parent_run_id: str, tags: Mapping[str, str]) -
     """The id of the newest live child of ``parent_run_id`` carrying all ``tags`` (e.g. a trial's id), or None."""
     matching = child_runs(tracking_uri, parent_run_id, tags)
     return max(matching, key=lambda r: r.info.start_time).info.run_id if matching else None
+
+
+def set_tags(tracking_uri: str, run_id: str, tags: Mapping[str, Any]) -> None:
+    """Set ``tags`` on a run, open or not."""
+    mlflow_client(tracking_uri).log_batch(run_id, tags=_tags(tags))
 
 
 def supersede_run(tracking_uri: str, run_id: str, *, by: str) -> None:

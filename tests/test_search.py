@@ -82,7 +82,8 @@ def test_every_trial_and_baseline_has_exactly_one_finished_child_run(sweep):
     assert len(set(trial_ids)) == len(trial_ids) == 11
     searched = {r.info.run_name: r.info.run_id for r in children if r.data.tags["iakd.role"] == "search"}
     assert searched == {t.name: t.run_id for t in summary.trials}  # the summary finds each run by its trial id
-    assert sorted(r.data.tags["method"] for r in children if r.data.tags["iakd.role"] == "baseline") == ["ce", "kd"]
+    assert sorted(r.data.tags["method"] for r in children if r.data.tags["iakd.role"] == "baseline") == [
+        "ce"] * 3 + ["kd"] * 3  # seeds 1, 2, 3
 
 
 def test_the_best_trial_and_the_baselines_are_confirmed_once_on_each_fresh_seed(sweep):
@@ -105,6 +106,24 @@ def test_the_best_trial_and_the_baselines_are_confirmed_once_on_each_fresh_seed(
     assert [g.name for g in groups] == [best.name, "kd", "ce"]
     assert all(g.seeds == (1, 2) for g in groups)  # baseline seed 3 is not a confirmation seed
     assert "Confirmed on seeds 1, 2" in text and "test_acc - kd" in text
+
+
+def test_the_optuna_study_holds_every_searched_trial_linked_to_its_tune_trial_and_mlflow_run(sweep):
+    import optuna
+
+    summary, text, _, runs = sweep
+    study = optuna.load_study(study_name=summary.study, storage=summary.optuna_storage)
+    beside = Path(summary.tracking_uri.removeprefix("sqlite:///")).parent / "optuna.db"  # next to mlflow.db
+    assert summary.study.startswith("iakd-digits-") and summary.optuna_storage == f"sqlite:///{beside}"
+    completed = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]
+    searched = {r.info.run_id: r for r in runs if r.data.tags.get("iakd.role") == "search"}
+    assert len(completed) == len(searched) == 3  # every searched trial, once
+    for trial in completed:
+        run = searched[trial.user_attrs["mlflow_run_id"]]
+        assert trial.user_attrs["tune_trial_id"] == run.data.tags["iakd.trial_id"]
+        assert trial.params and {k: run.data.params[k] for k in trial.params} == {
+            k: str(v) for k, v in trial.params.items()}  # the values the MLflow run trained with
+    assert f"Browse the Optuna study {summary.study!r}: optuna-dashboard {summary.optuna_storage}" in text
 
 
 def test_the_search_experiment_opens_as_model_development_in_the_ui(sweep):
@@ -171,7 +190,7 @@ def test_summary_names_the_best_trial_beside_the_baselines(sweep):
     summary, text, _, _ = sweep
     assert summary.best.score == max(t.score for t in summary.trials)
     assert f"Best trial {summary.best.name}" in text
-    assert "ce (seed 0)" in text and "kd (seed 0)" in text
+    assert "ce (seed 1)" in text and "kd (seed 3)" in text
     assert "best val_acc" in text and "last test_acc" in text  # the columns say which metric they hold
     assert f"mlflow ui --backend-store-uri {summary.tracking_uri}" in text
     # the link opens the runs table (MLflow 3's UI would land on its GenAI overview otherwise)

@@ -31,7 +31,7 @@ EXPERIMENT = "iakd-digits"
 def _overrides(tmp: Path) -> list[str]:
     return [f"num_samples={SAMPLES}", "max_concurrent=1", "scheduler.name=none", f"run.optim.epochs={EPOCHS}",
             "run.teacher.epochs=1", "run.data.image_size=8", "run.teacher.arch=resnet20", "baselines.methods=[ce]",
-            "run.data.train_size=null", "confirm.top_k=1", "confirm.seeds=[1]", "analysis=false",
+            "run.data.train_size=null", "baselines.seeds=[0]", "confirm.top_k=1", "confirm.seeds=[1]", "analysis=false",
             f"storage_path={tmp}/ray", f"tracking_uri=sqlite:///{tmp}/mlflow.db"]
 
 
@@ -119,6 +119,14 @@ def test_an_interrupted_sweep_finishes_with_resume(tmp_path, env):
             assert steps == list(range(1, EPOCHS + 1))
     # Tune's side: the restored searcher sampled only the missing trials.
     assert len(list((tmp_path / "ray" / EXPERIMENT).glob("search_*/params.json"))) == SAMPLES
+    # Optuna's side: one study across both invocations, each trial once, every one completed.
+    import optuna
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    (name,) = optuna.get_all_study_names(storage)
+    study = optuna.load_study(study_name=name, storage=storage)
+    assert sorted(t.user_attrs["tune_trial_id"] for t in study.get_trials()) == sorted(trial_ids)
+    assert {t.state for t in study.get_trials()} == {optuna.trial.TrialState.COMPLETE}
 
     baselines = client.search_runs([experiment_id], "tags.`iakd.role` = 'baseline'")
     assert [r.info.status for r in baselines] == ["FINISHED"]

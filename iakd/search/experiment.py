@@ -61,6 +61,9 @@ class ExperimentConfig:
     confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
     resources: ResourceConfig = field(default_factory=ResourceConfig)
     tracking_uri: str = "sqlite:///mlflow.db"
+    # the Optuna study's RDB storage (optuna-dashboard, optuna.load_study); null: optuna.db beside a sqlite MLflow
+    # store, or in the driver's folder for an MLflow server (see iakd.search.study)
+    optuna_storage: str | None = None
     storage_path: str = "ray_results"
     max_failures: int = 2  # retries of a trial whose worker died; it resumes from its last checkpoint
     analysis: bool = True  # at the end: Parquet tables, ablation plots and report.md on the parent run

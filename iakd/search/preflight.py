@@ -18,7 +18,8 @@ from iakd.errors import ConfigError
 from iakd.search import storage
 from iakd.tracking import TIMEOUT_S, _sqlite_file, check_server
 
-__all__ = ["check_storage", "check_tracking_uri", "check_address", "check_run_inputs", "TIMEOUT_S"]
+__all__ = ["check_storage", "check_tracking_uri", "check_optuna_storage", "check_address", "check_run_inputs",
+           "TIMEOUT_S"]
 
 
 
@@ -56,6 +57,22 @@ def check_tracking_uri(tracking_uri: str, timeout: float = TIMEOUT_S) -> None:
         check_server(tracking_uri, what, timeout)
         return
     raise ConfigError(f"{what}: {tracking_uri!r} is not a sqlite:/// path or an http(s):// server")
+
+
+def check_optuna_storage(storage: str) -> None:
+    """The Optuna study's storage: a sqlite file in a writable folder (not a folder itself), or another RDB URL
+    (``postgresql://``, ``mysql://``: the database server MLflow uses, checked when the study opens)."""
+    what = "optuna_storage"
+    if storage.startswith("sqlite:"):
+        database = _sqlite_file(storage)
+        if database is None:
+            return
+        if database.is_dir():
+            raise ConfigError(f"{what}: {database} is a folder, not an Optuna database file")
+        check_writable_folder(database.absolute().parent, what)
+        return
+    if "://" not in storage:
+        raise ConfigError(f"{what}: {storage!r} is not an RDB URL (sqlite:///path, postgresql://..., mysql://...)")
 
 
 def check_address(address: str | None, timeout: float = TIMEOUT_S) -> None:

@@ -17,7 +17,6 @@ import optuna
 import ray
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter
-from ray.tune.search.optuna import OptunaSearch
 
 from iakd import tracking
 from iakd.analysis.results import SweepResults, sweep_results
@@ -28,6 +27,7 @@ from iakd.search import preflight
 from iakd.search.experiment import Experiment, ExperimentConfig
 from iakd.search.scheduler import HandoverASHA
 from iakd.search.space import Choice, Fixed
+from iakd.search.study import LinkedOptunaSearch, default_storage, study_name
 from iakd.search.summary import SearchSummary, TrialSummary, format_value
 from iakd.search.teacher import check_teacher, share_teacher
 from iakd.search.trainable import (
@@ -98,6 +98,8 @@ def run_search(
     # Everything external first: a bad path, a server that is down or a missing file is one line, in seconds.
     preflight.check_storage(cfg.storage_path)
     preflight.check_tracking_uri(uri)
+    optuna_storage = cfg.optuna_storage or default_storage(uri, cfg.storage_path)
+    preflight.check_optuna_storage(optuna_storage)
     preflight.check_address(address)
     preflight.check_run_inputs(base)
     # --resume continues what there is: the Tune stages that were stored, and the newest parent run.
@@ -125,6 +127,8 @@ def run_search(
         dicts={"search_space.yaml": experiment.space.to_dict(), "experiment.yaml": to_dict(cfg)},
     )
     log(f"MLflow: experiment {name!r}, parent run {parent} ({'resumed' if previous else 'new'}) at {uri}")
+    study = study_name(name, parent)  # one study per sweep: --resume (the same parent) continues it
+    tracking.set_tags(uri, parent, {"optuna.storage": optuna_storage, "optuna.study": study})
     if superseded is not None:
         # A new sweep of the same experiment: the earlier parent stays (with its trials) but says it is not
         # the current one, and analysis takes the newest parent.
@@ -133,7 +137,7 @@ def run_search(
             "continue a sweep instead)")
     try:
         return _run_stages(experiment, parent, uri, teacher_path, warning, resume=resume, address=address, log=log,
-                           verbose=verbose, analysis=analysis)
+                           verbose=verbose, analysis=analysis, study=(optuna_storage, study))
     except BaseException as error:
         # Whatever ends the driver (an error, Ctrl-C outside Tune, a failed trial that ends the sweep) closes
         # the parent with the right status: no sweep stays RUNNING.
@@ -151,11 +155,11 @@ def _stage_paths(cfg: ExperimentConfig) -> tuple[str, str, str]:
 
 def _run_stages(experiment: Experiment, parent: str, uri: str, teacher_path: str, warning: str | None, *,
                 resume: bool, address: str | None, log: Callable[[str], None], verbose: int,
-                analysis: bool) -> SearchSummary:
+                analysis: bool, study: tuple[str, str]) -> SearchSummary:
     """The stages of a sweep whose parent run is open: baselines, search, confirmation, then its answer."""
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=verbose > 1)
-    stages = _Stages(experiment, parent, uri, teacher_path, warning, resume, verbose)
+    stages = _Stages(experiment, parent, uri, teacher_path, warning, resume, verbose, *study)
     baselines, interrupted = stages.baselines()
     trials: list[TrialSummary] = []
     if not interrupted:
@@ -166,7 +170,7 @@ def _run_stages(experiment: Experiment, parent: str, uri: str, teacher_path: str
     answer = stages.close(ranked[0] if ranked else None, baselines, interrupted, analysis, log)
     return SearchSummary(experiment.config.experiment, parent, uri, experiment.config.metric,
                          ranked[0] if ranked else None, baselines, trials, interrupted, answer,
-                         tracking.connect(uri, experiment.config.experiment))
+                         tracking.connect(uri, experiment.config.experiment), *study)
 
 
 @dataclass
@@ -181,6 +185,8 @@ class _Stages:
     warning: str | None
     resume: bool
     verbose: int
+    optuna_storage: str  # where the search's Optuna study lives (iakd.search.study)
+    study: str
 
     def __post_init__(self) -> None:
         self.cfg = self.experiment.config
@@ -216,8 +222,10 @@ class _Stages:
     def search(self) -> tuple[list[TrialSummary], bool]:
         """The searched trials: Optuna's TPE through OptunaSearch, cut short by ASHA only after the handover."""
         cfg, epochs = self.cfg, self.experiment.epochs
-        searcher = OptunaSearch(space=self.experiment.space.define_by_run, metric=cfg.metric, mode=cfg.mode,
-                                sampler=optuna.samplers.TPESampler(seed=cfg.searcher_seed))
+        searcher = LinkedOptunaSearch(space=self.experiment.space.define_by_run, metric=cfg.metric, mode=cfg.mode,
+                                      sampler=optuna.samplers.TPESampler(seed=cfg.searcher_seed),
+                                      storage=self.optuna_storage, study_name=self.study,
+                                      tracking_uri=self.uri, parent_run_id=self.parent)
         scheduler = None
         if cfg.scheduler.name == "asha":
             # max_t one past the last epoch: ASHA stops every trial that reaches max_t, and a trial that ran all

@@ -34,6 +34,8 @@ class SearchSummary:
     interrupted: bool = False
     answer: SweepResults | None = None  # the sweep's answer (None when interrupted): what the printout shows
     experiment_id: str = ""
+    optuna_storage: str = ""  # the search's Optuna study: optuna-dashboard <optuna_storage>, study <study>
+    study: str = ""
 
 
 def format_value(value: Any) -> str:
@@ -80,4 +82,6 @@ def format_summary(summary: SearchSummary) -> str:
         lines.append(f"Browse the runs: {uri.rstrip('/')}/{page}")
     else:
         lines.append(f"Browse the runs: mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000/{page}")
+    if summary.optuna_storage:
+        lines.append(f"Browse the Optuna study {summary.study!r}: optuna-dashboard {summary.optuna_storage}")
     return "\n".join(lines)

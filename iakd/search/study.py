@@ -1,0 +1,70 @@
+"""The search's Optuna study, where Optuna users look for it: in an RDB storage (``optuna-dashboard <storage>``,
+``optuna.load_study``), one study per sweep, each trial linked to its Tune trial and its MLflow run.
+
+Ray's ``OptunaSearch`` keeps its study in memory and in Tune's experiment checkpoint; given a ``storage`` URL it
+creates the study there instead (``load_if_exists``), so ``--resume`` (which restores the searcher from Tune's
+checkpoint) continues the same study. The study is named after the experiment and the sweep's parent run, so a
+rerun without ``--resume`` (a new parent run) starts a new study instead of mixing its trials into the old one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+from iakd import tracking
+
+__all__ = ["LinkedOptunaSearch", "study_name", "default_storage", "TUNE_TRIAL_ATTR", "MLFLOW_RUN_ATTR"]
+
+TUNE_TRIAL_ATTR = "tune_trial_id"
+MLFLOW_RUN_ATTR = "mlflow_run_id"
+
+
+def study_name(experiment: str, parent_run_id: str) -> str:
+    """One study per sweep: the experiment's name and its parent run (which ``--resume`` reopens)."""
+    return f"{experiment}-{parent_run_id[:12]}"
+
+
+def default_storage(tracking_uri: str, storage_path: str) -> str:
+    """Beside the MLflow store: ``optuna.db`` next to a sqlite ``mlflow.db``; for an MLflow server, in the Tune
+    storage path when it is a folder, else in the driver's working directory (the head node's disk on a
+    cluster, where MLflow's own database lives)."""
+    database = tracking._sqlite_file(tracking_uri)
+    if database is not None:
+        folder = database.parent
+    else:
+        folder = Path(".") if "://" in storage_path else Path(storage_path)
+    return f"sqlite:///{(folder / 'optuna.db').absolute()}"
+
+
+class LinkedOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` whose study trials carry the Tune trial id and, once the trial ends, its MLflow run id
+    (user attributes ``tune_trial_id`` and ``mlflow_run_id``): from a point in the dashboard to its run."""
+
+    def __init__(self, *args: Any, tracking_uri: str, parent_run_id: str, **kwargs: Any):
+        storage = kwargs.get("storage")
+        if isinstance(storage, str):  # a URL; OptunaSearch takes a storage object (it pickles: the URL, no engine)
+            database = tracking._sqlite_file(storage)
+            if database is not None:  # sqlite makes the file, not its folder (checked writable at the door)
+                database.parent.mkdir(parents=True, exist_ok=True)
+            kwargs["storage"] = optuna.storages.RDBStorage(storage)
+        super().__init__(*args, **kwargs)
+        self._tracking_uri, self._parent_run_id = tracking_uri, parent_run_id
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None:
+            ot_trial.set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+        return config
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and trial_id not in self._completed_trials:
+            run_id = tracking.find_child(self._tracking_uri, self._parent_run_id, {tracking.TRIAL_TAG: trial_id})
+            if run_id is not None:  # set before tell(): a finished trial's attributes are read-only
+                ot_trial.set_user_attr(MLFLOW_RUN_ATTR, run_id)
+        super().on_trial_complete(trial_id, result, error)
