@@ -161,8 +161,8 @@ def test_an_interrupted_sweep_finishes_with_resume(tmp_path, env):
     other_runs = other.search_runs([other.get_experiment_by_name(EXPERIMENT).experiment_id],
                                    "tags.`iakd.role` = 'search'")
 
-    def proposals(found):
-        keys = sorted(k for k in found[0].data.params if k.startswith(("schedule.", "method.")))
-        return sorted((tuple(r.data.params[k] for k in keys), r.data.metrics["best_val_acc"]) for r in found)
+    def proposals(found):  # a family's own keys (schedule.rate...) appear only in the runs of that family
+        keys = sorted({k for r in found for k in r.data.params if k.startswith(("schedule.", "method."))})
+        return sorted((tuple(r.data.params.get(k) for k in keys), r.data.metrics["best_val_acc"]) for r in found)
 
     assert proposals(other_runs) == proposals(runs)
