@@ -130,6 +130,8 @@ def _search_cases(f: Path) -> list[tuple[list[str], str]]:
         (["--storage-path", "/proc/iakd-x"], "--storage-path (storage_path): /proc/iakd-x is not a writable folder"),
         (["--tracking-uri", f"sqlite:///{f}"], f"--tracking-uri (tracking_uri): {f} is a folder, not an MLflow "
                                                 "database file"),
+        ([f"optuna_storage=sqlite:///{f}"], f"optuna_storage: {f} is a folder, not an Optuna database file"),
+        (["optuna_storage=optuna.db"], "optuna_storage: 'optuna.db' is not an RDB URL"),
     ]
 
 
@@ -156,7 +158,7 @@ def test_python_m_iakd_train_refuses_bad_input_with_one_line(index, files, tmp_p
     assert {p: p.stat().st_mtime_ns for p in (files / "done").iterdir()} == done  # the resumable run untouched
 
 
-@pytest.mark.parametrize("index", range(16))
+@pytest.mark.parametrize("index", range(18))
 def test_tune_search_refuses_bad_input_with_one_line(index, files, tmp_path, monkeypatch, capsys):
     args, message = _search_cases(files)[index]
     monkeypatch.chdir(tmp_path)
