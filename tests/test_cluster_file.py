@@ -151,6 +151,14 @@ BROKEN = {
     "local storage path": (
         _replace_in_commands("head_setup_commands", "s3://<YOUR_BUCKET>/ray_results", "/home/ray/ray_results"),
         "head_setup_commands: IAKD_STORAGE_PATH=/home/ray/ray_results is a local folder"),
+    "no Optuna storage for the search": (
+        lambda c: c.update(head_setup_commands=[x for x in c["head_setup_commands"] if "IAKD_OPTUNA" not in x]),
+        "head_setup_commands: IAKD_OPTUNA_STORAGE is not set"),
+    "Optuna study inside the container": (
+        _replace_in_commands("head_setup_commands", "sqlite:////home/ray/mlflow/optuna.db",
+                             "sqlite:////home/ray/optuna.db"),
+        ("head_setup_commands: IAKD_OPTUNA_STORAGE=sqlite:////home/ray/optuna.db is inside the head's container, "
+         "which `ray up` may replace; put the study in a folder mounted from the host (mounted: /home/ray/mlflow)")),
 }
 
 

@@ -164,9 +164,21 @@ def test_tune_search_refuses_bad_input_with_one_line(index, files, tmp_path, mon
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("IAKD_TRACKING_URI", raising=False)
     monkeypatch.delenv("IAKD_STORAGE_PATH", raising=False)
+    monkeypatch.delenv("IAKD_OPTUNA_STORAGE", raising=False)
     assert _search_main()(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: {message}"), err
+    _nothing_started_or_written(tmp_path)
+
+
+def test_tune_search_takes_the_optuna_storage_from_the_cluster_environment(tmp_path, monkeypatch, capsys):
+    """On a cluster the head's iakd.env sets IAKD_OPTUNA_STORAGE (cluster.yaml): the search uses it, checked at the
+    door like the key it stands for."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("IAKD_OPTUNA_STORAGE", "optuna.db")
+    assert _search_main()(["num_samples=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: optuna_storage: 'optuna.db' is not an RDB URL"), err
     _nothing_started_or_written(tmp_path)
 
 

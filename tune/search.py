@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage-path", default=os.environ.get("IAKD_STORAGE_PATH"),
                         help="Tune storage: a local folder, NFS path or s3:// / gs:// URI "
                              "(default: $IAKD_STORAGE_PATH, else the config's)")
+    parser.add_argument("--optuna-storage", default=os.environ.get("IAKD_OPTUNA_STORAGE"),
+                        help="RDB URL of the Optuna study (default: $IAKD_OPTUNA_STORAGE, else the config's "
+                             "optuna_storage, else optuna.db beside a sqlite mlflow.db)")
     parser.add_argument("--address", help="Ray cluster address; 'auto' joins a running cluster")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted experiment (Tuner.restore)")
     parser.add_argument("--no-analysis", action="store_true",
@@ -42,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_intermixed_args(argv)  # key=value overrides before, between or after the flags
     flags = {"num_samples": args.num_samples, "run.optim.epochs": args.epochs, "experiment": args.experiment,
-             "tracking_uri": args.tracking_uri, "storage_path": args.storage_path}
+             "tracking_uri": args.tracking_uri, "storage_path": args.storage_path,
+             "optuna_storage": args.optuna_storage}
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
     # Trials checkpoint every epoch (exact resume), and a digits epoch takes seconds, so Tune snapshots its
     # state often; its warning about that only advises checkpointing less. Keep the console for the table.

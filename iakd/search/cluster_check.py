@@ -15,6 +15,9 @@ Then this project's rules, for the layout the README's "Running on a cluster" de
 * ``IAKD_TRACKING_URI`` (an ``http://`` URI on the server's port) and ``IAKD_STORAGE_PATH`` (``s3://`` or
   ``gs://``, not a local folder) are set by the head's commands, for the search's ``--tracking-uri`` and
   ``--storage-path``;
+* ``IAKD_OPTUNA_STORAGE`` (the search's ``--optuna-storage``) is set, and a SQLite study lies in a folder the head's
+  container mounts from the host (``docker.head_run_options``), as MLflow's database does: a study inside the
+  container is lost when ``ray up`` restarts it, and ``--resume`` would find none;
 * no AWS credentials are written in the file (nodes get access from their IAM instance profile).
 
 Each problem is one line that starts with the key it concerns, e.g.
@@ -39,10 +42,12 @@ import yaml
 
 from iakd.errors import ConfigError
 
-__all__ = ["STORAGE_PATH_VAR", "TRACKING_URI_VAR", "check_cluster_config", "check_cluster_file", "placeholders"]
+__all__ = ["OPTUNA_STORAGE_VAR", "STORAGE_PATH_VAR", "TRACKING_URI_VAR", "check_cluster_config", "check_cluster_file",
+           "placeholders"]
 
 TRACKING_URI_VAR = "IAKD_TRACKING_URI"
 STORAGE_PATH_VAR = "IAKD_STORAGE_PATH"
+OPTUNA_STORAGE_VAR = "IAKD_OPTUNA_STORAGE"
 
 _SHARED_SCHEMES = ("s3", "gs")
 _LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
@@ -99,7 +104,8 @@ def check_cluster_config(config: Mapping[str, Any], ray_version: str | None = No
     if prepared is None:
         return problems
     return (_image_problems(prepared, ray_version or ray.__version__) + _head_problems(prepared)
-            + _worker_problems(prepared) + _tracking_problems(config, prepared) + _storage_problems(config))
+            + _worker_problems(prepared) + _tracking_problems(config, prepared) + _storage_problems(config)
+            + _optuna_problems(config))
 
 
 # ------------------------------------------------------------------------------------------ Ray's checks
@@ -339,6 +345,36 @@ def _storage_problems(raw: Mapping[str, Any]) -> list[str]:
     if urlsplit(value).scheme not in _SHARED_SCHEMES:
         return [(f"{key}: {STORAGE_PATH_VAR}={value} is a local folder, which each node would keep for itself; use "
                 "shared storage: s3://<bucket>/<prefix> (or gs://)")]
+    return []
+
+
+def _mounted_folders(config: Mapping[str, Any]) -> list[str]:
+    """The container folders of the head's ``--volume=host:container`` (or ``-v``) options."""
+    folders = []
+    for option in (config.get("docker") or {}).get("head_run_options") or []:
+        tokens = shlex.split(str(option))
+        for i, token in enumerate(tokens):
+            value = token.split("=", 1)[1] if token.startswith("--volume=") else (
+                tokens[i + 1] if token in ("-v", "--volume") and i + 1 < len(tokens) else None)
+            if value and ":" in value:
+                folders.append(value.split(":")[1].rstrip("/"))
+    return folders
+
+
+def _optuna_problems(raw: Mapping[str, Any]) -> list[str]:
+    found = _assignment(raw, OPTUNA_STORAGE_VAR)
+    if found is None:
+        return [(f"head_setup_commands: {OPTUNA_STORAGE_VAR} is not set; export the Optuna study's storage for the "
+                 "search's --optuna-storage (sqlite:////home/ray/mlflow/optuna.db, beside MLflow's database)")]
+    key, value = found
+    if not value.startswith("sqlite:///") or not raw.get("docker"):
+        return []  # a database server (postgresql://...), or no container: the head's own disk
+    path = value[len("sqlite:///"):]
+    mounted = _mounted_folders(raw)
+    if not any(path.startswith(f"{folder}/") for folder in mounted):
+        where = ", ".join(mounted) if mounted else "none (docker.head_run_options has no --volume)"
+        return [(f"{key}: {OPTUNA_STORAGE_VAR}={value} is inside the head's container, which `ray up` may replace; "
+                 f"put the study in a folder mounted from the host (mounted: {where})")]
     return []
 
 
