@@ -14,17 +14,19 @@ import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
-from torchvision import transforms
 
 from iakd.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # torchvision is imported where it is used (ImageFolder, the CIFAR download): it takes seconds
+    import torchvision
+    from torchvision import transforms
 
 DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "imagefolder")
 
@@ -190,6 +192,8 @@ class FolderSplit:
         self.normalization = normalization
         self.device = torch.device(device)
         self.num_workers = num_workers
+        from torchvision import transforms
+
         normalize = transforms.Normalize(normalization.mean, normalization.std)
         self.train_transform = transforms.Compose([
             transforms.RandomResizedCrop(image_size),
@@ -438,6 +442,8 @@ def check_data_folder(name: str, data_dir: str | Path, *, download: bool = False
 
 def _load_cifar(name: str, data_dir: Path, val_fraction: float, split_seed: int, device: str | torch.device,
                 download: bool) -> Dataset:
+    import torchvision
+
     folder = data_dir / _CIFAR_FOLDERS[name]
     if name == "cifar10":
         train_files = [f"data_batch_{i}" for i in range(1, 6)]
@@ -463,6 +469,8 @@ def _image_folder(path: Path) -> torchvision.datasets.ImageFolder:
     how = "arrange the images as <class>/<image>.png|jpg (ImageNet layout)"
     if not path.is_dir():
         raise DataError(f"imagefolder: folder {path} not found; {how}")
+    import torchvision
+
     try:
         return torchvision.datasets.ImageFolder(str(path))
     except (FileNotFoundError, OSError) as error:

@@ -18,7 +18,6 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from iakd.errors import ConfigError
@@ -233,23 +232,35 @@ class VGG(ZooModel):
 # torchvision ImageNet ResNets, with torchvision's own state_dict keys
 
 
-class ImageNetResNet(torchvision.models.ResNet, ZooModel):
-    input_size = 224
+@functools.cache
+def imagenet_resnet_class() -> type[ZooModel]:
+    """torchvision's ResNet cut into stem, stages and head. Made on first use: importing torchvision takes
+    seconds, which every process (each trial, each command) would pay for the three ImageNet architectures."""
+    import torchvision
 
-    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+    class ImageNetResNet(torchvision.models.ResNet, ZooModel):
+        input_size = 224
 
-    def stages(self) -> list[list[nn.Module]]:
-        return [list(self.layer1), list(self.layer2), list(self.layer3), list(self.layer4)]
+        def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+            return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+        def stages(self) -> list[list[nn.Module]]:
+            return [list(self.layer1), list(self.layer2), list(self.layer3), list(self.layer4)]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ZooModel.forward(self, x)
+        def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.flatten(self.avgpool(x), 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return ZooModel.forward(self, x)
+
+    return ImageNetResNet
 
 
-_TV = torchvision.models.resnet
+def _imagenet_resnet(block: str, layers: list[int], num_classes: int) -> ZooModel:
+    import torchvision
+
+    return imagenet_resnet_class()(getattr(torchvision.models.resnet, block), layers, num_classes=num_classes)
+
 
 _BUILDERS: dict[str, Callable[[int], ZooModel]] = {
     **{f"resnet{d}": (lambda c, d=d: CifarResNet(d, (16, 16, 32, 64), c)) for d in (8, 14, 20, 32, 44, 56, 110)},
@@ -257,9 +268,9 @@ _BUILDERS: dict[str, Callable[[int], ZooModel]] = {
     "resnet32x4": lambda c: CifarResNet(32, (32, 64, 128, 256), c),
     **{f"wrn_{d}_{k}": (lambda c, d=d, k=k: WideResNet(d, k, c)) for d in (16, 40) for k in (1, 2)},
     **{name: (lambda c, g=groups: VGG(g, c)) for name, groups in _VGG_GROUPS.items()},
-    "resnet18": lambda c: ImageNetResNet(_TV.BasicBlock, [2, 2, 2, 2], num_classes=c),
-    "resnet34": lambda c: ImageNetResNet(_TV.BasicBlock, [3, 4, 6, 3], num_classes=c),
-    "resnet50": lambda c: ImageNetResNet(_TV.Bottleneck, [3, 4, 6, 3], num_classes=c),
+    "resnet18": lambda c: _imagenet_resnet("BasicBlock", [2, 2, 2, 2], c),
+    "resnet34": lambda c: _imagenet_resnet("BasicBlock", [3, 4, 6, 3], c),
+    "resnet50": lambda c: _imagenet_resnet("Bottleneck", [3, 4, 6, 3], c),
 }
 
 ARCHS: tuple[str, ...] = tuple(_BUILDERS)
