@@ -66,6 +66,7 @@ __all__ = [
     "find_run",
     "finish_parent_run",
     "flatten",
+    "sqlite_file",
     "start_parent_run",
     "supersede_run",
 ]
@@ -156,7 +157,7 @@ def _params(params: Mapping[str, Any]) -> list[Param]:
 # ----------------------------------------------------------------------------------------- connection
 
 
-def _sqlite_file(tracking_uri: str) -> Path | None:
+def sqlite_file(tracking_uri: str) -> Path | None:
     """The database file of a ``sqlite:`` URI (relative as written), or None for other stores/in-memory."""
     if not tracking_uri.startswith("sqlite:"):
         return None
@@ -172,7 +173,7 @@ def absolute_uri(tracking_uri: str) -> str:
     Ray runs trials with the trial folder as current directory, so ``sqlite:///mlflow.db`` would open a
     different, empty database in every worker. The driver should pass workers this form.
     """
-    path = _sqlite_file(tracking_uri)
+    path = sqlite_file(tracking_uri)
     if path is None or path.is_absolute():
         return tracking_uri
     url = make_url(tracking_uri).set(database=str(path.resolve()))
@@ -206,7 +207,7 @@ def mlflow_client(tracking_uri: str, *, must_exist: bool = False) -> MlflowClien
     if must_exist and tracking_uri.startswith(("http://", "https://")):
         check_server(tracking_uri)
     if must_exist and tracking_uri.startswith("sqlite:"):
-        database = _sqlite_file(tracking_uri)
+        database = sqlite_file(tracking_uri)
         if database is not None and not database.is_file():
             raise ConfigError(f"tracking URI {tracking_uri}: no MLflow database at {database}")
     return MlflowClient(tracking_uri=tracking_uri)
@@ -214,7 +215,7 @@ def mlflow_client(tracking_uri: str, *, must_exist: bool = False) -> MlflowClien
 
 def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
     """``file://<db folder>/mlartifacts/<experiment>`` for sqlite; None lets a server choose its own."""
-    path = _sqlite_file(tracking_uri)
+    path = sqlite_file(tracking_uri)
     if path is None:
         return None
     folder = re.sub(r"[\\/:]+", "_", experiment)  # experiment names may hold '/' (e.g. "team/sweep")
@@ -229,7 +230,7 @@ def _sqlite_setup_lock(tracking_uri: str) -> Iterator[None]:
     doing that at once fail ("table metrics already exists", alembic version mismatches). flock on the
     folder serializes that without leaving a lock file behind.
     """
-    path = _sqlite_file(tracking_uri)
+    path = sqlite_file(tracking_uri)
     if path is None:
         yield
         return

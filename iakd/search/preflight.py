@@ -16,7 +16,7 @@ from iakd.config import TrainConfig
 from iakd.data import check_data_folder
 from iakd.errors import ConfigError
 from iakd.search import storage
-from iakd.tracking import TIMEOUT_S, _sqlite_file, check_server
+from iakd.tracking import TIMEOUT_S, check_server, sqlite_file
 
 __all__ = ["check_storage", "check_tracking_uri", "check_optuna_storage", "check_address", "check_run_inputs",
            "TIMEOUT_S"]
@@ -44,7 +44,7 @@ def check_tracking_uri(tracking_uri: str, timeout: float = TIMEOUT_S) -> None:
     what = "--tracking-uri (tracking_uri)"
     if tracking_uri.startswith("sqlite:"):
 
-        database = _sqlite_file(tracking_uri)
+        database = sqlite_file(tracking_uri)
         if database is None:  # in-memory
             return
         if database.is_dir():
@@ -64,7 +64,7 @@ def check_optuna_storage(storage: str) -> None:
     (``postgresql://``, ``mysql://``: the database server MLflow uses, checked when the study opens)."""
     what = "optuna_storage"
     if storage.startswith("sqlite:"):
-        database = _sqlite_file(storage)
+        database = sqlite_file(storage)
         if database is None:
             return
         if database.is_dir():

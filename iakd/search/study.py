@@ -32,7 +32,7 @@ def default_storage(tracking_uri: str, storage_path: str) -> str:
     """Beside the MLflow store: ``optuna.db`` next to a sqlite ``mlflow.db``; for an MLflow server, in the Tune
     storage path when it is a folder, else in the driver's working directory (the head node's disk on a
     cluster, where MLflow's own database lives)."""
-    database = tracking._sqlite_file(tracking_uri)
+    database = tracking.sqlite_file(tracking_uri)
     if database is not None:
         folder = database.parent
     else:
@@ -47,7 +47,7 @@ class LinkedOptunaSearch(OptunaSearch):
     def __init__(self, *args: Any, tracking_uri: str, parent_run_id: str, **kwargs: Any):
         storage = kwargs.get("storage")
         if isinstance(storage, str):  # a URL; OptunaSearch takes a storage object (it pickles: the URL, no engine)
-            database = tracking._sqlite_file(storage)
+            database = tracking.sqlite_file(storage)
             if database is not None:  # sqlite makes the file, not its folder (checked writable at the door)
                 database.parent.mkdir(parents=True, exist_ok=True)
             kwargs["storage"] = optuna.storages.RDBStorage(storage)
