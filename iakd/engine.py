@@ -42,7 +42,8 @@ from iakd.teachers import cache_path, load_teacher, save_teacher
 
 __all__ = ["Callback", "train", "evaluate", "prepare_teacher", "teacher_file", "resolve_device", "stream_seed",
            "build_student", "build_method", "teacher_warning", "load_data", "read_resume_checkpoint",
-           "recompute_bn_statistics", "judged_epochs", "handed_over", "compute_changes"]
+           "recompute_bn_statistics", "judged_epochs", "best_judged_epoch", "handed_over", "compute_changes",
+           "config_differences"]
 
 # Called after each epoch with its metrics and the checkpoint just written (or None); True asks to stop.
 Callback = Callable[[dict[str, Any], "Path | None"], "bool | None"]
@@ -118,22 +119,26 @@ def read_resume_checkpoint(path: str | Path, cfg: TrainConfig) -> dict[str, Any]
     state = load_file(path, required=("format", "epoch", "trainable", "optimizer", "rng", "config"))
     if state["format"] != CHECKPOINT_FORMAT:
         raise ConfigError(f"checkpoint {path}: format {state['format']!r}, expected {CHECKPOINT_FORMAT!r}")
-    saved, now = flat_items(state["config"]), flat_items(to_dict(cfg))
-    for key in sorted(set(saved) | set(now)):
-        if key in RESUME_FREE_KEYS or saved.get(key) == now.get(key):
-            continue
-        raise ConfigError(f"--resume: {key} is {now.get(key)!r} here but {saved.get(key)!r} in {path}; a resumed "
-                          "run keeps every key that changes training (start a new output folder instead)")
+    for key, (saved, now) in config_differences(state["config"], cfg).items():
+        if key not in RESUME_FREE_KEYS:
+            raise ConfigError(f"--resume: {key} is {now!r} here but {saved!r} in {path}; a resumed run keeps every "
+                              "key that changes training (start a new output folder instead)")
     return state
+
+
+def config_differences(saved_config: dict[str, Any], cfg: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """Every dotted key whose value differs between a checkpoint's config and ``cfg``, in key order:
+    key -> (checkpoint's value, value now); a key only one of them has is None in the other."""
+    saved, now = flat_items(saved_config), flat_items(to_dict(cfg))
+    return {key: (saved.get(key), now.get(key)) for key in sorted(set(saved) | set(now))
+            if saved.get(key) != now.get(key)}
 
 
 def compute_changes(saved_config: dict[str, Any], cfg: TrainConfig) -> dict[str, tuple[Any, Any]]:
     """The ``compute.*`` keys (how the step rounds, not what it trains) whose value differs between a checkpoint's
     config and the config resuming it: key -> (checkpoint's value, value now). A resumed run says so: its
     figures from the resume on come from other rounding than its first epochs'."""
-    saved, now = flat_items(saved_config), flat_items(to_dict(cfg))
-    return {key: (saved.get(key), now.get(key)) for key in sorted(now)
-            if key.startswith("compute.") and saved.get(key) != now.get(key)}
+    return {key: values for key, values in config_differences(saved_config, cfg).items() if key.startswith("compute.")}
 
 
 def teacher_warning(accuracy: float, num_classes: int) -> str | None:
@@ -169,6 +174,13 @@ def judged_epochs(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     does not swap), or the last epoch alone where the schedule never reaches 0. A schedule is never scored
     while its student still trains inside hybrids, or every late-handover schedule loses by construction."""
     return [h for h in history if handed_over(h)] or history[-1:]
+
+
+def best_judged_epoch(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The judged epoch (:func:`judged_epochs`) with the best ``val_acc``, NaN skipped; None if there is none.
+    Its ``val_acc`` is the run's ``best_val_acc``, during training as at the end."""
+    judged = [h for h in judged_epochs(history) if not math.isnan(h["val_acc"])]
+    return max(judged, key=lambda h: h["val_acc"], default=None)
 
 
 @torch.no_grad()
@@ -377,8 +389,7 @@ class _Run:
     def result(self, status: str, message: str) -> dict[str, Any]:
         """What ``train`` returns: status, history and the final figures (best over the judged epochs)."""
         history = self.history
-        judged = [h for h in judged_epochs(history) if not math.isnan(h["val_acc"])]
-        best = max(judged, key=lambda h: h["val_acc"], default=None)
+        best = best_judged_epoch(history)
         return {
             "status": status,
             "message": message,

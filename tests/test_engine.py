@@ -10,6 +10,7 @@ from iakd import models
 from iakd.config import load_config
 from iakd.data import load_dataset
 from iakd.engine import (
+    best_judged_epoch,
     build_method,
     build_student,
     compute_changes,
@@ -266,6 +267,10 @@ def test_a_run_is_judged_after_its_schedule_hands_over():
     assert [h["epoch"] for h in judged_epochs(history)] == [3, 4]
     never = [{"epoch": 1, "swap_prob": 0.5, "val_acc": 90.0}, {"epoch": 2, "swap_prob": 0.5, "val_acc": 20.0}]
     assert judged_epochs(never) == never[-1:]  # a schedule that never reaches 0 is judged at its end
+    # best_val_acc: the best judged epoch (70 at epoch 4, not the 95 of epoch 2 inside hybrids), NaN skipped
+    assert best_judged_epoch(history)["epoch"] == 4
+    assert best_judged_epoch(history[:3] + [{"epoch": 4, "swap_prob": 0.0, "val_acc": float("nan")}])["epoch"] == 3
+    assert best_judged_epoch(never)["epoch"] == 2 and best_judged_epoch([]) is None
 
 
 def test_best_val_acc_is_taken_after_the_handover(tmp_path, teacher_cache):

@@ -9,7 +9,6 @@ after a failure or ``--resume`` finds its run by it and continues it, and the dr
 from __future__ import annotations
 
 import contextlib
-import math
 import shutil
 import socket
 import tempfile
@@ -24,7 +23,7 @@ from ray import tune
 from iakd import tracking
 from iakd.checkpoint import copy_atomic, load_file
 from iakd.config import TrainConfig, from_dict, to_dict
-from iakd.engine import compute_changes, handed_over, train
+from iakd.engine import best_judged_epoch, compute_changes, train
 from iakd.methods import METHODS
 from iakd.search import storage
 from iakd.search.space import apply_trial, trial_overrides
@@ -125,23 +124,21 @@ def _train_and_log(cfg: TrainConfig, context: TrialContext, trial, restored: str
     if changed:  # the run's params say what it started with; this tag says what changed on resume, and when
         run.set_tags({"iakd.resumed_compute": ", ".join(f"{k}: {a} -> {b} at epoch {len(done) + 1}"
                                                         for k, (a, b) in changed.items())})
-    best_val = -math.inf
-
     # MLflow holds each epoch once. An epoch is logged before tune.report hands it to Tune, because Tune stops
     # a trial by raising SystemExit inside tune.report and then kills the worker without waiting. So MLflow
     # can be one epoch ahead of the checkpoint Tune kept: on resume, epochs MLflow already has are skipped (an
     # exact resume trains them again identically) and any it lacks are filled in from the checkpoint.
     logged = run.last_step("epoch")
+    seen: list[dict[str, Any]] = []
 
     def log_epoch(metrics: dict[str, Any]) -> None:
-        nonlocal best_val
-        if handed_over(metrics) and not math.isnan(metrics["val_acc"]):
-            best_val = max(best_val, metrics["val_acc"])
+        seen.append(metrics)
         if metrics["epoch"] > logged:
             # final figures kept current each epoch: a trial that ASHA stops never reaches the end of train();
-            # best_val_acc is over the epochs after the handover (engine.judged_epochs), else the latest one
+            # best_val_acc by the engine's rule (over the epochs after the handover, else the latest one)
+            best = best_judged_epoch(seen)
             run.log_metrics(metrics, step=metrics["epoch"], final={
-                "best_val_acc": best_val if best_val > -math.inf else metrics["val_acc"],
+                "best_val_acc": best["val_acc"] if best is not None else metrics["val_acc"],
                 "last_val_acc": metrics["val_acc"],
                 "last_test_acc": metrics["test_acc"], "epochs": metrics["epoch"]})
 
