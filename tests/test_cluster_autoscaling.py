@@ -41,7 +41,9 @@ SAMPLES = 4
 GPU_PER_TRIAL = 0.25
 EPOCHS = 2
 IDLE_TIMEOUT_MINUTES = 0.1
-REMOVAL_DEADLINE_S = 120  # how long the test waits for the idle workers to go
+# Removal comes after the idle timeout plus the autoscaler's rounds (every 1 s here) and the node's shutdown;
+# measured 1-2 s over on 2 cores. The test waits up to 30 s over.
+REMOVAL_SLACK_S = 30
 
 pytestmark = pytest.mark.cluster
 
@@ -176,11 +178,11 @@ def test_the_autoscaler_brings_up_the_intended_gpu_workers_and_removes_them_when
 
     # Idle once the last trial ended: removed after the idle timeout, not before.
     last_end = max(int(run["info"]["end_time"]) for run in children) / 1000
-    deadline = time.monotonic() + REMOVAL_DEADLINE_S
-    while _alive_workers(head) and time.monotonic() < deadline:
+    while _alive_workers(head) and time.time() < last_end + cluster.idle_timeout_s + REMOVAL_SLACK_S:
         time.sleep(0.5)
     removed = time.time()
-    assert _alive_workers(head) == [], f"idle workers still up {REMOVAL_DEADLINE_S} s after the sweep"
+    assert _alive_workers(head) == [], (f"idle workers still up {removed - last_end:.0f} s after the last trial "
+                                        f"ended (idle timeout {cluster.idle_timeout_s:.0f} s)")
     assert removed - last_end >= cluster.idle_timeout_s, "a worker was removed before its idle timeout"
     assert ray.cluster_resources().get("GPU", 0) == 0
 
