@@ -7,7 +7,7 @@ terminates instances on AWS. ``ray.cluster_utils.AutoscalingCluster`` wraps that
 is in Ray 2.60: it builds its config on an example file the wheel no longer ships, and its start and shutdown
 run ``ray stop --force``, which stops every Ray process of the user on the machine. This module is the same
 recipe with the config built from cluster.yaml (:func:`fake_config`) and a shutdown that stops only the processes
-of this cluster (those whose command line names its private temp folder).
+of this cluster (those whose environment holds its private ``RAY_TMPDIR``).
 
 What is kept from the file: the cluster's ``max_workers`` and ``upscaling_speed``, the head node type, and every
 node type's ``resources``, ``min_workers`` and ``max_workers``. What changes for this machine: the provider (fake
@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 from mlflow_server import free_port
+from search_process import session_processes
 
 OBJECT_STORE_BYTES = 128 * 2**20  # per node; Ray's minimum is 75 MiB
 START_TIMEOUT_S = 120
@@ -106,25 +107,15 @@ class FakeAutoscalingCluster:
         assert len(found) == 1, f"node resources {resources} match the node types {found}"
         return found[0]
 
-    def _processes(self) -> list[int]:
-        mine = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and entry.name != str(os.getpid()):
-                try:
-                    if str(self.temp_dir).encode() in (entry / "cmdline").read_bytes():
-                        mine.append(int(entry.name))
-                except OSError:  # gone meanwhile
-                    continue
-        return mine
-
     def stop(self, grace_s: float = 3.0) -> None:
-        """Stop every process of this cluster: SIGTERM, then SIGKILL for those still there after ``grace_s``."""
+        """Stop every process of this cluster (each has its ``RAY_TMPDIR`` in its environment, the head's and what
+        the autoscaler started alike): SIGTERM, then SIGKILL for those still there after ``grace_s``."""
         for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-            for pid in self._processes():
+            for pid in session_processes(str(self.temp_dir)):
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
             deadline = time.monotonic() + wait_s
-            while self._processes() and time.monotonic() < deadline:
+            while session_processes(str(self.temp_dir)) and time.monotonic() < deadline:
                 time.sleep(0.2)
