@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from iakd import schedules
+from iakd.data import DATASETS
 from iakd.errors import ConfigError
 from iakd.methods import METHODS
 from iakd.models import ARCHS, blocks_per_stage
@@ -34,7 +35,7 @@ DEFAULT_SCHEDULE: dict[str, Any] = {"family": "linear", "p0": 0.5, "t_end": 0.8}
 
 @dataclass
 class DataConfig:
-    name: Literal["digits", "cifar10", "cifar100", "imagefolder"] = "digits"
+    name: Literal[DATASETS] = "digits"  # type: ignore[valid-type]  # iakd.data.DATASETS, the one list
     dir: str = "data"
     val_fraction: float = 0.1
     split_seed: int = 0

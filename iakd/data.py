@@ -23,12 +23,13 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from iakd.errors import ConfigError, DataError
+from iakd.idx import read_idx
 
 if TYPE_CHECKING:  # torchvision is imported where it is used (ImageFolder, the CIFAR download): it takes seconds
     import torchvision
     from torchvision import transforms
 
-DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "imagefolder")
+DATASETS: tuple[str, ...] = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class Normalization:
 CIFAR10_NORMALIZATION = Normalization(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
 CIFAR100_NORMALIZATION = Normalization(mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761))
 IMAGENET_NORMALIZATION = Normalization(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+# The grayscale sets' one channel, repeated for the three input channels every zoo network takes.
+FASHION_MNIST_NORMALIZATION = Normalization(mean=(0.2860,) * 3, std=(0.3530,) * 3)
+MNIST_NORMALIZATION = Normalization(mean=(0.1307,) * 3, std=(0.3081,) * 3)
 
 # Digits has no official test split; this seed fixes the held-out test images for every run and every
 # split_seed, so that test scores stay comparable.
@@ -59,7 +63,8 @@ def _check_batching(batch_size: int) -> None:
 class TensorSplit:
     """A split held in memory: images uint8 (N, C, H, W) and labels int64 (N,), both on one device."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, normalization: Normalization) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, normalization: Normalization, *,
+                 flip: bool = True) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if labels.dtype != torch.int64 or labels.shape != (images.shape[0],):
@@ -69,6 +74,7 @@ class TensorSplit:
         self.images = images
         self.labels = labels
         self.normalization = normalization
+        self.flip = flip  # whether augmentation mirrors images (not for MNIST: a mirrored 2 is no 2)
         # Shaped for broadcasting over (B, C, H, W); built once instead of per batch.
         self._mean = torch.tensor(normalization.mean, device=images.device).view(1, -1, 1, 1)
         self._std = torch.tensor(normalization.std, device=images.device).view(1, -1, 1, 1)
@@ -95,7 +101,8 @@ class TensorSplit:
         The shuffle order is drawn on the CPU from ``generator``, crop offsets and flips from
         ``augment_generator`` (``generator`` when None; torch's default generator when both are None), so
         generators in a known state reproduce the same batches exactly.
-        Augmentation is a random crop with zero padding of image_size // 8 plus a random horizontal flip.
+        Augmentation is a random crop with zero padding of image_size // 8 plus, where the split allows it
+        (``flip``), a random horizontal flip.
         """
         _check_batching(batch_size)
         augment_generator = generator if augment_generator is None else augment_generator
@@ -108,20 +115,22 @@ class TensorSplit:
             index = order[start : start + batch_size]
             images = self.images[index]
             if augment:
-                images = crop_and_flip(images, augment_generator)
+                images = crop_and_flip(images, augment_generator, flip=self.flip)
             yield self._normalize(images), self.labels[index]
 
     def subset(self, positions: torch.Tensor) -> TensorSplit:
         """The split restricted to the images at ``positions`` (in that order)."""
         index = positions.to(self.device)
-        return TensorSplit(self.images[index], self.labels[index], self.normalization)
+        return TensorSplit(self.images[index], self.labels[index], self.normalization, flip=self.flip)
 
     def _normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images.float() / 255.0 - self._mean) / self._std
 
 
-def crop_and_flip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Randomly crop (after zero padding by H // 8) and horizontally flip each image of a uint8 batch.
+def crop_and_flip(images: torch.Tensor, generator: torch.Generator | None = None, *,
+                  flip: bool = True) -> torch.Tensor:
+    """Randomly crop (after zero padding by H // 8) and, with ``flip``, horizontally flip each image of a uint8
+    batch. The flips are drawn either way, so the generator advances alike.
 
     The whole batch is done by one gather; offsets and flips are drawn on the CPU from ``generator`` and sent
     to a GPU in one copy from pinned memory that does not wait for the GPU (a plain copy would synchronise).
@@ -131,15 +140,15 @@ def crop_and_flip(images: torch.Tensor, generator: torch.Generator | None = None
     padded = F.pad(images, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (b, 1), generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (b, 1), generator=generator)
-    flip = torch.rand(b, 1, generator=generator) < 0.5
-    draws = torch.cat([dy, dx, flip.long()], dim=1)
+    flips = (torch.rand(b, 1, generator=generator) < 0.5) & flip
+    draws = torch.cat([dy, dx, flips.long()], dim=1)
     if images.device.type == "cuda":
         draws = draws.pin_memory().to(images.device, non_blocking=True)
-    dy, dx, flip = draws[:, :1], draws[:, 1:2], draws[:, 2:].bool()
+    dy, dx, flips = draws[:, :1], draws[:, 1:2], draws[:, 2:].bool()
     rows = dy + torch.arange(h, device=images.device)
     columns = torch.arange(w, device=images.device)
     # A flip reads the crop's columns right to left, so cropping and flipping is a single index computation.
-    cols = dx + torch.where(flip, columns.flip(0), columns)
+    cols = dx + torch.where(flips, columns.flip(0), columns)
     batch = torch.arange(b, device=images.device).view(b, 1, 1)
     channels_last = padded.permute(0, 2, 3, 1)
     return channels_last[batch, rows.view(b, h, 1), cols.view(b, 1, w)].permute(0, 3, 1, 2).contiguous()
@@ -313,6 +322,10 @@ def _load(name: str, data_dir: Path, val_fraction: float, split_seed: int, devic
         raise ConfigError(f"data.name: unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     if name == "digits":
         return _load_digits(val_fraction, split_seed, device, image_size or 32)
+    if name in IDX_DATASETS:
+        if image_size not in (None, 28):
+            raise ConfigError(f"data.image_size: {name} images are 28x28, got {image_size}")
+        return _load_idx_dataset(name, data_dir, val_fraction, split_seed, device)
     if name in ("cifar10", "cifar100"):
         if image_size not in (None, 32):
             raise ConfigError(f"data.image_size: {name} images are 32x32, got {image_size}")
@@ -322,11 +335,11 @@ def _load(name: str, data_dir: Path, val_fraction: float, split_seed: int, devic
 
 def _tensor_dataset(name: str, num_classes: int, normalization: Normalization, train_images: torch.Tensor,
                     train_labels: torch.Tensor, test_images: torch.Tensor, test_labels: torch.Tensor,
-                    val_fraction: float, split_seed: int, device: str | torch.device) -> Dataset:
+                    val_fraction: float, split_seed: int, device: str | torch.device, *, flip: bool = True) -> Dataset:
     train_index, val_index = split_indices(len(train_labels), val_fraction, split_seed)
 
     def split(images: torch.Tensor, labels: torch.Tensor) -> TensorSplit:
-        return TensorSplit(images.to(device), labels.to(device), normalization)
+        return TensorSplit(images.to(device), labels.to(device), normalization, flip=flip)
 
     return Dataset(
         name=name,
@@ -358,6 +371,75 @@ def _load_digits(val_fraction: float, split_seed: int, device: str | torch.devic
     )
     return _tensor_dataset("digits", 10, normalization, images[rest], labels[rest], images[test], labels[test],
                            val_fraction, split_seed, device)
+
+
+@dataclass(frozen=True)
+class IdxDataset:
+    """One of the MNIST-format datasets: its four official IDX files (gzipped or not), classes and preparation."""
+
+    title: str
+    normalization: Normalization
+    # Fashion-MNIST's classes survive a mirror (a left shoe is a shoe); MNIST's digits do not (a mirrored 2, 3...)
+    flip: bool
+    how: str  # how to get the files, for every message about a missing or bad one
+    torchvision_folder: str  # where torchvision's own class keeps the same files: <data.dir>/<this>/raw
+    num_classes: int = 10
+    image_size: int = 28
+
+
+IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+             "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
+IDX_DATASETS: dict[str, IdxDataset] = {
+    "fashion_mnist": IdxDataset(
+        "Fashion-MNIST", FASHION_MNIST_NORMALIZATION, flip=True, torchvision_folder="FashionMNIST",
+        how="install them with `apt-get install dataset-fashion-mnist` (data.dir: /usr/share/datasets/fashion-mnist)"
+            " or put the four official files (Zalando's fashion-mnist repository, data/fashion) in data.dir"),
+    "mnist": IdxDataset(
+        "MNIST", MNIST_NORMALIZATION, flip=False, torchvision_folder="MNIST",
+        how="put the four official MNIST IDX files (train-images-idx3-ubyte.gz, ...) in data.dir"),
+}
+
+
+def idx_files(name: str, data_dir: str | Path) -> dict[str, Path]:
+    """The four IDX files of dataset ``name`` in ``data_dir`` (or in torchvision's ``<name>/raw`` below it), each
+    as found, gzipped or not; a DataError naming the folder and saying how to get the files when one is missing."""
+    spec, data_dir = IDX_DATASETS[name], Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"data.dir: {data_dir} not found; {name} needs its four IDX files there: {spec.how}")
+    for folder in (data_dir, data_dir / spec.torchvision_folder / "raw"):
+        found = {}
+        for part, stem in IDX_FILES.items():
+            found[part] = next((folder / f for f in (stem, stem + ".gz") if (folder / f).is_file()), None)
+        if all(found.values()):
+            return found
+    missing = ", ".join(f"{stem}[.gz]" for stem in IDX_FILES.values()
+                        if not any((data_dir / f).is_file() for f in (stem, f"{stem}.gz")))
+    raise DataError(f"data.dir: {data_dir} lacks the {spec.title} file(s) {missing}; {spec.how}")
+
+
+def read_idx_split(images_path: Path, labels_path: Path, spec: IdxDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split from its images and labels files: (uint8 (N, 3, 28, 28), int64 (N,)), checked to agree."""
+    images = read_idx(images_path, ndim=3, how=spec.how)
+    labels = read_idx(labels_path, ndim=1, how=spec.how)
+    if images.shape[1:] != (spec.image_size, spec.image_size):
+        raise DataError(f"{images_path}: images are {images.shape[1]}x{images.shape[2]}, {spec.title} has "
+                        f"{spec.image_size}x{spec.image_size}; {spec.how}")
+    if len(labels) != len(images):
+        raise DataError(f"{labels_path}: {len(labels)} labels for the {len(images)} images of {images_path.name}; "
+                        f"{spec.how}")
+    if len(labels) and labels.max() >= spec.num_classes:
+        raise DataError(f"{labels_path}: labels must be in [0, {spec.num_classes}), found {labels.max()}; {spec.how}")
+    pixels = torch.from_numpy(images.copy()).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+    return pixels, torch.from_numpy(labels.astype(np.int64))
+
+
+def _load_idx_dataset(name: str, data_dir: Path, val_fraction: float, split_seed: int,
+                      device: str | torch.device) -> Dataset:
+    spec, files = IDX_DATASETS[name], idx_files(name, data_dir)
+    train_images, train_labels = read_idx_split(files["train_images"], files["train_labels"], spec)
+    test_images, test_labels = read_idx_split(files["test_images"], files["test_labels"], spec)
+    return _tensor_dataset(name, spec.num_classes, spec.normalization, train_images, train_labels, test_images,
+                           test_labels, val_fraction, split_seed, device, flip=spec.flip)
 
 
 # Globals a CIFAR pickle may name: numpy's array reconstruction, plus _codecs.encode, which Python 3 uses to
@@ -428,7 +510,9 @@ def check_data_folder(name: str, data_dir: str | Path, *, download: bool = False
     """The folders a dataset is read from exist (a CIFAR folder may be missing when it will be downloaded);
     a ConfigError naming ``data.dir`` otherwise. Cheap: nothing is read."""
     data_dir = Path(data_dir)
-    if name in _CIFAR_FOLDERS:
+    if name in IDX_DATASETS:
+        idx_files(name, data_dir)
+    elif name in _CIFAR_FOLDERS:
         folder = data_dir / _CIFAR_FOLDERS[name]
         if not folder.is_dir() and not download:
             raise DataError(f"data.dir: {folder} not found; put the official {name} python-version files there "

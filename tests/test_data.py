@@ -219,8 +219,8 @@ def test_download_fetches_a_missing_folder_through_torchvision(tmp_path: Path, m
 
 
 def test_unknown_dataset_name_raises_config_error_listing_known_names() -> None:
-    with pytest.raises(ConfigError, match=r"^data\.name: unknown dataset 'mnist'") as error:
-        load_dataset("mnist")
+    with pytest.raises(ConfigError, match=r"^data\.name: unknown dataset 'svhn'") as error:
+        load_dataset("svhn")
     assert all(name in str(error.value) for name in DATASETS)
 
 

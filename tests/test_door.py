@@ -3,12 +3,14 @@ written (no Ray session, no MLflow database or run, no teacher file, no output f
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import socket
 from pathlib import Path
 
 import pytest
 import torch
+from idx_files import write_idx_dataset
 
 from iakd import models
 from iakd.teachers import save_teacher
@@ -43,6 +45,10 @@ def files(tmp_path_factory):
     torch.save({"model": [1, 2, 3]}, tmp / "no_state_dict.pth")
     (tmp / "a_file").write_text("")
     (tmp / "empty.yaml").write_text("")
+    # Fashion-MNIST's four files with the test images cut short, as an interrupted copy leaves them.
+    write_idx_dataset(tmp / "fashion", gz=True)
+    images = tmp / "fashion" / "t10k-images-idx3-ubyte.gz"
+    images.write_bytes(gzip.compress(gzip.decompress(images.read_bytes())[:-784]))
     # A finished one-epoch ce run to resume from (the catalogue's --resume cases compare against it).
     assert train_main(["--config", str(tmp / "run.yaml"), "--out", str(tmp / "done"), *FAST, "method.name=ce"]) == 0
     return tmp
@@ -72,12 +78,20 @@ def _train_cases(f: Path) -> list[tuple[list[str], str]]:
         ([*run, "seed=-1"], "seed: -1 is not allowed; must be in [0, 2**32)"),
         ([*run, "data.split_seed=-3"], "data.split_seed: -3 is not allowed; must be in [0, 2**32)"),
         ([*run, "data.val_fraction=1.0"], "data.val_fraction: 1.0 is not allowed; must be in [0, 1)"),
-        ([*run, "data.name=mnist"], "data.name: 'mnist' is not one of 'digits', 'cifar10', 'cifar100', 'imagefolder'"),
+        ([*run, "data.name=svhn"], "data.name: 'svhn' is not one of 'digits', 'fashion_mnist', 'mnist', 'cifar10', "
+         "'cifar100', 'imagefolder'"),
         ([*run, "data.train_size=0"], "data.train_size: 0 is not allowed; must be > 0"),
         ([*run, "data.name=cifar100", f"data.dir={f / 'nowhere'}"],
          f"data.dir: {f / 'nowhere' / 'cifar-100-python'} not found"),
         ([*run, "data.name=imagefolder", f"data.dir={f / 'nowhere'}"],
          f"data.dir: {f / 'nowhere' / 'train'} not found"),
+        ([*run, "data.name=fashion_mnist", f"data.dir={f / 'nowhere'}"],
+         f"data.dir: {f / 'nowhere'} not found; fashion_mnist needs its four IDX files there: install them with "
+         "`apt-get install dataset-fashion-mnist`"),
+        ([*run, *FAST, "data.image_size=null", "method.name=ce", "data.name=fashion_mnist",
+          f"data.dir={f / 'fashion'}"],
+         f"{f / 'fashion' / 't10k-images-idx3-ubyte.gz'}: truncated (14912 bytes, the header (20, 28, 28) needs "
+         "15696)"),
         ([*run, "device=tpu"], "device: 'tpu' is not one of 'auto', 'cpu', 'cuda'"),
         ([*run, "method.temperature=0"], "method.temperature: 0.0 is not allowed; must be > 0"),
         ([*run, "optim.lr"], "override 'optim.lr': expected key=value"),
@@ -126,6 +140,8 @@ def _search_cases(f: Path) -> list[tuple[list[str], str]]:
         (["--address", "nowhere"], "--address: 'nowhere' is not host:port, ray://host:port, auto or local"),
         (["run.data.name=cifar100", f"run.data.dir={f / 'nowhere'}"],
          f"run.data.dir: {f / 'nowhere' / 'cifar-100-python'} not found"),
+        (["run.data.name=fashion_mnist", "run.data.image_size=null", f"run.data.dir={f / 'nowhere'}"],
+         f"run.data.dir: {f / 'nowhere'} not found; fashion_mnist needs its four IDX files there"),
         (["run.teacher.checkpoint=/nowhere/teacher.pth"], "run.teacher.checkpoint: /nowhere/teacher.pth not found"),
         (["--storage-path", "/proc/iakd-x"], "--storage-path (storage_path): /proc/iakd-x is not a writable folder"),
         (["--tracking-uri", f"sqlite:///{f}"], f"--tracking-uri (tracking_uri): {f} is a folder, not an MLflow "
@@ -146,7 +162,7 @@ def test_the_catalogue_holds_at_least_30_cases(files):
     assert len(_train_cases(files)) + len(_search_cases(files)) >= 30
 
 
-@pytest.mark.parametrize("index", range(35))
+@pytest.mark.parametrize("index", range(37))
 def test_python_m_iakd_train_refuses_bad_input_with_one_line(index, files, tmp_path, monkeypatch, capsys):
     args, message = _train_cases(files)[index]
     monkeypatch.chdir(tmp_path)
@@ -158,7 +174,7 @@ def test_python_m_iakd_train_refuses_bad_input_with_one_line(index, files, tmp_p
     assert {p: p.stat().st_mtime_ns for p in (files / "done").iterdir()} == done  # the resumable run untouched
 
 
-@pytest.mark.parametrize("index", range(18))
+@pytest.mark.parametrize("index", range(19))
 def test_tune_search_refuses_bad_input_with_one_line(index, files, tmp_path, monkeypatch, capsys):
     args, message = _search_cases(files)[index]
     monkeypatch.chdir(tmp_path)
