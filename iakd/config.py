@@ -78,6 +78,9 @@ class EvaluationConfig:
     # gathered inside hybrids describe hybrids, not the pure student); running: its running statistics as they are
     student_bn: Literal["recompute", "running"] = "recompute"
     bn_images: int = 1024  # at most this many training images (unaugmented, in split order) for the recompute
+    # Epochs between evaluations (and always the last): a run is judged, and ASHA decides, on evaluated epochs
+    # only. 1 judges every epoch; evaluating changes no weight, so a rung at a multiple of it sees the same score.
+    every: int = 1
 
 
 @dataclass
@@ -238,7 +241,7 @@ def _check(cfg: TrainConfig) -> None:
         fail("data.val_fraction", cfg.data.val_fraction, "must be in [0, 1)")
     positive = {"optim.epochs": cfg.optim.epochs, "optim.batch_size": cfg.optim.batch_size, "optim.lr": cfg.optim.lr,
                 "method.temperature": cfg.method.temperature, "checkpoint_every": cfg.checkpoint_every,
-                "evaluation.bn_images": cfg.evaluation.bn_images}
+                "evaluation.bn_images": cfg.evaluation.bn_images, "evaluation.every": cfg.evaluation.every}
     if cfg.teacher.epochs is not None:
         positive["teacher.epochs"] = cfg.teacher.epochs
     if cfg.teacher.batch_size is not None:

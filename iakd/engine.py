@@ -42,8 +42,8 @@ from iakd.teachers import cache_path, load_teacher, save_teacher
 
 __all__ = ["Callback", "train", "evaluate", "prepare_teacher", "teacher_file", "resolve_device", "stream_seed",
            "build_student", "build_method", "teacher_warning", "load_data", "read_resume_checkpoint",
-           "recompute_bn_statistics", "judged_epochs", "best_judged_epoch", "handed_over", "compute_changes",
-           "config_differences"]
+           "recompute_bn_statistics", "evaluated", "judged_epochs", "best_judged_epoch", "handed_over",
+           "compute_changes", "config_differences"]
 
 # Called after each epoch with its metrics and the checkpoint just written (or None); True asks to stop.
 Callback = Callable[[dict[str, Any], "Path | None"], "bool | None"]
@@ -164,16 +164,24 @@ def recompute_bn_statistics(student: torch.nn.Module, split, max_images: int, co
         torch.optim.swa_utils.update_bn((compute.prepare(images) for images, _ in batches), student)
 
 
+def evaluated(metrics: dict[str, Any]) -> bool:
+    """True for an epoch after which the pure student was evaluated (every ``evaluation.every`` epochs, and the
+    last): only those carry ``val_acc`` and ``test_acc``."""
+    return "val_acc" in metrics
+
+
 def handed_over(metrics: dict[str, Any]) -> bool:
     """True for an epoch in which the student trained alone throughout (its swap probability was 0)."""
     return metrics.get("swap_prob", 0.0) == 0.0
 
 
 def judged_epochs(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The epochs a run is judged on: those after its swap schedule handed over (every epoch of a method that
-    does not swap), or the last epoch alone where the schedule never reaches 0. A schedule is never scored
-    while its student still trains inside hybrids, or every late-handover schedule loses by construction."""
-    return [h for h in history if handed_over(h)] or history[-1:]
+    """The epochs a run is judged on: its evaluated epochs after its swap schedule handed over (every evaluated
+    epoch of a method that does not swap), or the last evaluated epoch alone where the schedule never reaches 0.
+    A schedule is never scored while its student still trains inside hybrids, or every late-handover schedule
+    loses by construction."""
+    scored = [h for h in history if evaluated(h)]
+    return [h for h in scored if handed_over(h)] or scored[-1:]
 
 
 def best_judged_epoch(history: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -214,11 +222,13 @@ def _lr_factor(cfg: TrainConfig) -> Callable[[int], float]:
 def _teacher_config(cfg: TrainConfig) -> TrainConfig:
     """The run that trains this config's teacher: method ce on the teacher's architecture, same recipe, on the
     whole training split (``data.train_size`` limits the student's data, not the teacher's). It checkpoints
-    every epoch, so that a driver killed while it trains the teacher continues from its last epoch."""
+    every epoch, so that a driver killed while it trains the teacher continues from its last epoch, and is
+    evaluated once, at its end: nothing is chosen among its epochs, and evaluating changes no weight."""
     optim = dataclasses.replace(cfg.optim, epochs=cfg.teacher.epochs or cfg.optim.epochs,
                                 batch_size=cfg.teacher.batch_size or cfg.optim.batch_size)
     return dataclasses.replace(cfg, student=StudentConfig(arch=cfg.teacher.arch), method=MethodConfig(name="ce"),
                                data=dataclasses.replace(cfg.data, train_size=None), optim=optim,
+                               evaluation=dataclasses.replace(cfg.evaluation, every=optim.epochs),
                                checkpoint_every=1)
 
 
@@ -270,7 +280,10 @@ def _evaluate_student(method: methods.Method, dataset: Dataset, cfg: TrainConfig
     training images, and ``val_acc`` / ``test_acc`` use the recomputed ones (kept: they are the student's own).
     For swapping methods, ``rms_ratio_u<i>`` is unit i's student/teacher output RMS at the same input.
     """
-    out = {"val_acc_running_bn": evaluate(method, dataset.val, compute=compute)}
+    out = {}
+    if method.uses_swap or cfg.evaluation.student_bn == "running":
+        # Only a swapping student's running statistics describe something else than itself (its hybrids).
+        out["val_acc_running_bn"] = evaluate(method, dataset.val, compute=compute)
     if cfg.evaluation.student_bn == "recompute":
         recompute_bn_statistics(method.student, dataset.train, cfg.evaluation.bn_images, compute)
         out["val_acc"] = evaluate(method, dataset.val, compute=compute)
@@ -290,9 +303,12 @@ def _progress_line(m: dict[str, Any], cfg: TrainConfig) -> str:
     test accuracy, its val accuracy with running BatchNorm statistics, p, the units' RMS ratios, speed."""
     swaps = methods.METHODS[cfg.method.name].uses_swap
     ratios = [v for k, v in m.items() if k.startswith("rms_ratio_u")]
+    scores = ""
+    if evaluated(m):
+        running = f" (running bn {m['val_acc_running_bn']:5.1f}%)" if "val_acc_running_bn" in m else ""
+        scores = f"val {m['val_acc']:5.1f}%{running}  test {m['test_acc']:5.1f}%  "
     return (f"epoch {m['epoch']:>3}/{cfg.optim.epochs}  loss {m['train_loss']:.4f}  "
-            f"{'hybrid' if swaps else 'train'} {m['train_acc']:5.1f}%  val {m['val_acc']:5.1f}% "
-            f"(running bn {m['val_acc_running_bn']:5.1f}%)  test {m['test_acc']:5.1f}%  p {m['swap_prob']:.3f}"
+            f"{'hybrid' if swaps else 'train'} {m['train_acc']:5.1f}%  {scores}p {m['swap_prob']:.3f}"
             + (f"  rms s/t {' '.join(f'{r:.2f}' for r in ratios)}" if ratios else "")
             + f"  lr {m['lr']:.4g}  {m['epoch_seconds']:.1f}s ({m['images_per_second']:.0f} img/s)")
 
@@ -390,6 +406,7 @@ class _Run:
         """What ``train`` returns: status, history and the final figures (best over the judged epochs)."""
         history = self.history
         best = best_judged_epoch(history)
+        last = next((h for h in reversed(history) if evaluated(h)), {})  # the last epoch always is, unless stopped
         return {
             "status": status,
             "message": message,
@@ -400,8 +417,8 @@ class _Run:
             # best over the epochs the run is judged on (after its schedule handed over): see judged_epochs
             "best_val_acc": best["val_acc"] if best is not None else float("nan"),
             "best_epoch": best["epoch"] if best is not None else None,
-            "last_val_acc": history[-1]["val_acc"] if history else float("nan"),
-            "last_test_acc": history[-1]["test_acc"] if history else float("nan"),
+            "last_val_acc": last.get("val_acc", float("nan")),
+            "last_test_acc": last.get("test_acc", float("nan")),
             "history": history,
         }
 
@@ -471,7 +488,8 @@ def train(
             status, message = "diverged", f"diverged at epoch {run.epoch + 1}: loss is {first_bad}"
             log(message)
             break
-        metrics.update(_evaluate_student(run.method, run.dataset, cfg, run.compute))
+        if run.epoch % cfg.evaluation.every == 0 or run.epoch == cfg.optim.epochs:
+            metrics.update(_evaluate_student(run.method, run.dataset, cfg, run.compute))
         run.history.append(metrics)
         log(_progress_line(metrics, cfg))
         due = run.epoch % cfg.checkpoint_every == 0 or run.epoch == cfg.optim.epochs
@@ -480,7 +498,9 @@ def train(
         if any([cb(metrics, checkpoint) for cb in callbacks]):  # every callback sees every epoch
             status, message = "stopped", f"stopped by a callback after epoch {run.epoch}"
             break
+    result = run.result(status, message)
     save_teacher(out_dir / "student.pt", run.method.student, arch=cfg.student.arch, dataset=cfg.data.name,
-                 num_classes=run.dataset.num_classes, accuracy=run.history[-1]["test_acc"] if run.history else None,
+                 num_classes=run.dataset.num_classes,
+                 accuracy=None if math.isnan(result["last_test_acc"]) else result["last_test_acc"],
                  config=to_dict(cfg))
-    return run.result(status, message)
+    return result

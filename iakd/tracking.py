@@ -27,7 +27,7 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 from sqlalchemy.engine import make_url
 
 from iakd.errors import ConfigError
@@ -459,7 +460,15 @@ class TrialRun:
     def log_metrics(self, metrics: Mapping[str, Any], step: int, *, final: Mapping[str, Any] | None = None) -> None:
         """Log the numeric values of ``metrics`` at ``step`` (e.g. the epoch), and ``final`` summary metrics at
         step 0, in one batch call: a worker killed mid-way never leaves one without the other."""
-        self._client.log_batch(self._run_id, metrics=_metrics(metrics, step) + _metrics(final or {}, step=0))
+        self.log_steps([(metrics, step)], final=final)
+
+    def log_steps(self, steps: Sequence[tuple[Mapping[str, Any], int]], *,
+                  final: Mapping[str, Any] | None = None) -> None:
+        """Log several steps' metrics (``(metrics, step)`` pairs, e.g. the epochs since the last call), then
+        ``final`` at step 0, in as few batch calls as MLflow takes (each write to a database costs a commit)."""
+        batch = [m for metrics, step in steps for m in _metrics(metrics, step)] + _metrics(final or {}, step=0)
+        for start in range(0, len(batch), MAX_METRICS_PER_BATCH):
+            self._client.log_batch(self._run_id, metrics=batch[start:start + MAX_METRICS_PER_BATCH])
 
     def last_step(self, key: str) -> int:
         """The highest step logged for metric ``key`` in this run, or 0 if none."""

@@ -271,6 +271,10 @@ def test_a_run_is_judged_after_its_schedule_hands_over():
     assert best_judged_epoch(history)["epoch"] == 4
     assert best_judged_epoch(history[:3] + [{"epoch": 4, "swap_prob": 0.0, "val_acc": float("nan")}])["epoch"] == 3
     assert best_judged_epoch(never)["epoch"] == 2 and best_judged_epoch([]) is None
+    # Epochs that were not evaluated (evaluation.every > 1) are never judged, nor the last one when it was not
+    sparse = [{"epoch": 1, "swap_prob": 0.0}, {"epoch": 2, "swap_prob": 0.0, "val_acc": 80.0},
+              {"epoch": 3, "swap_prob": 0.0}]
+    assert judged_epochs(sparse) == [sparse[1]] and best_judged_epoch(sparse)["epoch"] == 2
 
 
 def test_best_val_acc_is_taken_after_the_handover(tmp_path, teacher_cache):

@@ -8,6 +8,7 @@ confirmation), and the sweep's answer (:mod:`iakd.analysis.results`) logged to t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from ray.tune.search import ConcurrencyLimiter
 from iakd import tracking
 from iakd.analysis.results import SweepResults, sweep_results
 from iakd.config import MethodConfig, to_dict
-from iakd.engine import judged_epochs
+from iakd.engine import evaluated, judged_epochs
 from iakd.methods import METHODS
 from iakd.search import preflight
 from iakd.search.experiment import Experiment, ExperimentConfig
@@ -56,14 +57,18 @@ def _summaries(results: tune.ResultGrid, metric: str, mode: str, run_ids: dict[s
     for r in results:
         if r.metrics_dataframe is None or r.metrics_dataframe.empty:
             continue
-        history = r.metrics_dataframe
-        judged = [h[metric] for h in judged_epochs(history.to_dict("records"))]  # after the handover only
+        # Tune's table holds NaN where an epoch lacks a metric (one reported for its checkpoint, not evaluated)
+        history = [{k: v for k, v in h.items() if not (isinstance(v, float) and math.isnan(v))}
+                   for h in r.metrics_dataframe.to_dict("records")]
+        judged = [h[metric] for h in judged_epochs(history)]  # evaluated epochs after the handover only
+        if not judged:  # it never reached an evaluation
+            continue
         out.append(TrialSummary(
             name=str(r.metrics.get("trial_name", Path(r.path).name)),
             overrides=dict(r.config),
             score=float(max(judged) if mode == "max" else min(judged)),
-            last_test_acc=float(history["test_acc"].iloc[-1]),
-            epochs=int(history["epoch"].iloc[-1]),
+            last_test_acc=float(next(h for h in reversed(history) if evaluated(h))["test_acc"]),
+            epochs=int(history[-1]["epoch"]),
             run_id=run_ids.get(str(r.metrics.get("trial_id"))),
         ))
     return out

@@ -23,7 +23,7 @@ from ray import tune
 from iakd import tracking
 from iakd.checkpoint import copy_atomic, load_file
 from iakd.config import TrainConfig, from_dict, to_dict
-from iakd.engine import best_judged_epoch, compute_changes, train
+from iakd.engine import best_judged_epoch, compute_changes, evaluated, train
 from iakd.methods import METHODS
 from iakd.search import storage
 from iakd.search.space import apply_trial, trial_overrides
@@ -124,31 +124,44 @@ def _train_and_log(cfg: TrainConfig, context: TrialContext, trial, restored: str
     if changed:  # the run's params say what it started with; this tag says what changed on resume, and when
         run.set_tags({"iakd.resumed_compute": ", ".join(f"{k}: {a} -> {b} at epoch {len(done) + 1}"
                                                         for k, (a, b) in changed.items())})
-    # MLflow holds each epoch once. An epoch is logged before tune.report hands it to Tune, because Tune stops
+    # MLflow holds each epoch once. Epochs are logged before tune.report hands them to Tune, because Tune stops
     # a trial by raising SystemExit inside tune.report and then kills the worker without waiting. So MLflow
-    # can be one epoch ahead of the checkpoint Tune kept: on resume, epochs MLflow already has are skipped (an
-    # exact resume trains them again identically) and any it lacks are filled in from the checkpoint.
+    # can be ahead of the checkpoint Tune kept: on resume, epochs MLflow already has are skipped (an exact
+    # resume trains them again identically) and any it lacks are filled in from the checkpoint.
+    # Tune hears of an epoch only when it was evaluated (what ASHA and the ranking read) or checkpointed; the
+    # epochs in between reach MLflow in the same batch as the next one that Tune hears of (one commit, not ten).
     logged = run.last_step("epoch")
     seen: list[dict[str, Any]] = []
+    pending: list[dict[str, Any]] = []  # epochs not yet in MLflow
 
-    def log_epoch(metrics: dict[str, Any]) -> None:
+    def record(metrics: dict[str, Any]) -> None:
         seen.append(metrics)
         if metrics["epoch"] > logged:
-            # final figures kept current each epoch: a trial that ASHA stops never reaches the end of train();
-            # best_val_acc by the engine's rule (over the epochs after the handover, else the latest one)
-            best = best_judged_epoch(seen)
-            run.log_metrics(metrics, step=metrics["epoch"], final={
-                "best_val_acc": best["val_acc"] if best is not None else metrics["val_acc"],
-                "last_val_acc": metrics["val_acc"],
-                "last_test_acc": metrics["test_acc"], "epochs": metrics["epoch"]})
+            pending.append(metrics)
+
+    def flush() -> None:
+        if not pending:
+            return
+        # final figures kept current: a trial that ASHA stops never reaches the end of train(); best_val_acc by
+        # the engine's rule (over the evaluated epochs after the handover, else the latest evaluated one)
+        best, last = best_judged_epoch(seen), next((h for h in reversed(seen) if evaluated(h)), None)
+        final: dict[str, Any] = {"epochs": seen[-1]["epoch"]}
+        if last is not None:
+            final.update(best_val_acc=best["val_acc"] if best is not None else last["val_acc"],
+                         last_val_acc=last["val_acc"], last_test_acc=last["test_acc"])
+        run.log_steps([(m, m["epoch"]) for m in pending], final=final)
+        pending.clear()
 
     for metrics in done:
-        log_epoch(metrics)
+        record(metrics)
+    flush()
 
     def report(metrics: dict[str, Any], checkpoint_path: Path | None) -> None:
-        log_epoch(metrics)
-        saved = tune.Checkpoint.from_directory(str(checkpoint_path.parent)) if checkpoint_path else None
-        tune.report({**metrics, "trial_name": trial.get_trial_name()}, checkpoint=saved)
+        record(metrics)
+        if evaluated(metrics) or checkpoint_path is not None:
+            flush()
+            saved = tune.Checkpoint.from_directory(str(checkpoint_path.parent)) if checkpoint_path else None
+            tune.report({**metrics, "trial_name": trial.get_trial_name()}, checkpoint=saved)
 
     # The log lives in the folder Tune checkpoints, so each checkpoint carries the log up to its epoch; a
     # restored trial starts from that copy and the finished log holds every epoch once, across attempts.
@@ -167,6 +180,7 @@ def _train_and_log(cfg: TrainConfig, context: TrialContext, trial, restored: str
         raise
     finally:
         log_file.close()
+    flush()  # epochs after the last evaluated one, before a divergence ended the run
     run.set_tags({"status": result["status"]})
     run.log_artifact(Path(cfg.out_dir) / "student.pt")
     run.log_artifact(log_path)
