@@ -117,6 +117,10 @@ def summarise(rows: list[dict[str, Any]], out: Path) -> str:
     lines = ["| condition | hypothesis | seeds | steps | test % (last epoch) | best val % (judged) | "
              "val % with running BN (last) | RMS s/t per unit (last) | test - CE | test - KD |",
              "|---|---|---|---|---|---|---|---|---|---|"]
+    def running_bn(runs: dict) -> str:  # only a swapping student is evaluated with its running statistics too
+        values = [r["history"][-1].get("val_acc_running_bn") for r in runs.values()]
+        return mean_interval(values).format(digits=1) if None not in values else "-"
+
     for name in [n for n in CONDITIONS if n in by]:
         runs = by[name]
         first = next(iter(runs.values()))
@@ -129,7 +133,7 @@ def summarise(rows: list[dict[str, Any]], out: Path) -> str:
             f"| {name} | {CONDITIONS[name][0]} | {','.join(map(str, sorted(runs)))} | {first['steps']} | "
             f"{mean_interval(last[name].values()).format(digits=1)} | "
             f"{mean_interval([r['best_val_acc'] for r in runs.values()]).format(digits=1)} | "
-            f"{mean_interval([r['history'][-1]['val_acc_running_bn'] for r in runs.values()]).format(digits=1)} | "
+            f"{running_bn(runs)} | "
             f"{rms or '-'} | {diff['ce']} | {diff['kd']} |")
     text = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(text)
@@ -153,7 +157,8 @@ def plot(rows: list[dict[str, Any]], out: Path, seed: int = 0) -> Path:
         h = runs[name]["history"]
         epochs = [m["epoch"] for m in h]
         ax.plot(epochs, [m["val_acc"] for m in h], label="pure student, val (recomputed BN)")
-        ax.plot(epochs, [m["val_acc_running_bn"] for m in h], label="pure student, val (running BN)", alpha=0.7)
+        if all("val_acc_running_bn" in m for m in h):
+            ax.plot(epochs, [m["val_acc_running_bn"] for m in h], label="pure student, val (running BN)", alpha=0.7)
         ax.plot(epochs, [m["train_acc"] for m in h], label="hybrid (train batches)", alpha=0.7)
         ax.set_title(name, fontsize=9)
         ax.set_ylim(0, 100)

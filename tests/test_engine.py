@@ -346,3 +346,34 @@ def test_ctrl_c_prints_one_line_saying_where_the_checkpoint_is_and_exits_130(tmp
         f"interrupted: the last checkpoint is {out / 'checkpoint.pt'}; continue with: python -m iakd.train --config "
         f"{config} --out {out} --resume {' '.join(FAST)} optim.epochs=500"]
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] >= 1  # and it resumes from there
+
+
+def test_evaluation_every_k_epochs_changes_no_weight_and_scores_only_evaluated_epochs(tmp_path, teacher_cache):
+    """evaluation.every=2 over 5 epochs evaluates after epochs 2, 4 and 5 (the last always); training is the same
+    computation (evaluating changes no weight and draws from no stream), so the scores it does take equal those
+    of a run evaluated after every epoch."""
+    extra = ("method.name=iakd", "schedule={family: linear, p0: 0.5, t_end: 0.4}")
+    every = train(student_config(tmp_path / "every", teacher_cache, *extra), log=quiet)
+    sparse = train(student_config(tmp_path / "sparse", teacher_cache, *extra, "evaluation.every=2"), log=quiet)
+    assert [h["epoch"] for h in sparse["history"] if "val_acc" in h] == [2, 4, 5]
+    assert all("test_acc" not in h and "rms_ratio_u0" not in h for h in sparse["history"] if h["epoch"] in (1, 3))
+    for dense, thin in zip(every["history"], sparse["history"]):
+        assert thin["train_loss"] == dense["train_loss"]  # bit for bit: the same steps
+        if "val_acc" in thin:
+            assert (thin["val_acc"], thin["test_acc"]) == (dense["val_acc"], dense["test_acc"])
+    assert sparse["last_test_acc"] == every["last_test_acc"]
+    # judged on the evaluated epochs after the handover (p = 0 from epoch 3 on): 4 and 5, not 3
+    assert sparse["best_val_acc"] == max(h["val_acc"] for h in sparse["history"] if h["epoch"] in (4, 5))
+    for name in ("every", "sparse"):
+        assert torch.equal(torch.load(tmp_path / name / "student.pt", weights_only=True)["model"]["fc.weight"],
+                           torch.load(tmp_path / "every" / "student.pt", weights_only=True)["model"]["fc.weight"])
+
+
+def test_a_baseline_skips_the_running_statistics_pass_a_swapping_student_keeps(tmp_path, teacher_cache):
+    """Only a swapping student's running BatchNorm statistics describe something else than itself (its hybrids):
+    ce and kd are evaluated with their recomputed statistics alone."""
+    seen = {}
+    for method in ("ce", "iakd"):
+        train(student_config(tmp_path / method, teacher_cache, f"method.name={method}", "optim.epochs=1"),
+              [lambda m, c, method=method: seen.setdefault(method, m)], log=quiet)
+    assert "val_acc_running_bn" not in seen["ce"] and "val_acc_running_bn" in seen["iakd"]

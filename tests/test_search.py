@@ -142,6 +142,16 @@ def test_the_parent_run_holds_the_report_and_its_plots(sweep):
             "analysis/confirmation.png"} <= logged
 
 
+def test_the_report_of_a_finished_sweep_says_it_finished(sweep, tmp_path):
+    """The report is written once the parent run is closed, so it describes the sweep as it ended: not
+    'Provisional: this sweep has not ended'."""
+    summary, _, client, _ = sweep
+    assert client.get_run(summary.parent_run_id).info.status == "FINISHED"
+    report = Path(client.download_artifacts(summary.parent_run_id, "analysis/report.md", str(tmp_path))).read_text()
+    assert report.startswith("# ") and "Provisional" not in report
+    assert "Confirmed on seeds" in report or "confirm" in report.lower()
+
+
 def test_child_runs_hold_params_tags_and_per_epoch_histories(sweep):
     summary, _, client, runs = sweep
     for run in (r for r in runs if r.data.tags.get("iakd.role") == "search"):

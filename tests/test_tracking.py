@@ -273,3 +273,43 @@ def test_a_server_that_does_not_answer_is_one_line_within_seconds():
                                          rf"http://127.0.0.1:{port} within 5 s"):
         tracking.mlflow_client(f"http://127.0.0.1:{port}", must_exist=True)
     assert time.monotonic() - started < tracking.TIMEOUT_S + 5
+
+
+def test_log_steps_writes_many_steps_in_as_few_calls_as_mlflow_takes(uri, client, monkeypatch):
+    trial = _trial(uri, None, "trial_0")
+    calls = []
+    log_batch = trial._client.log_batch
+    monkeypatch.setattr(trial._client, "log_batch",
+                        lambda *a, **k: calls.append(len(k["metrics"])) or log_batch(*a, **k))
+    steps = [({f"m{i}": step + i / 10 for i in range(8)}, step) for step in range(1, 151)]  # 1,200 values
+    trial.log_steps(steps, final={"best": 1.0})
+    assert calls == [1000, 201]  # MLflow's limit per batch is 1,000 metrics
+    assert _history(client, trial.run_id, "m3") == [(s, s + 0.3) for s in range(1, 151)]
+    assert _history(client, trial.run_id, "best") == [(0, 1.0)]
+
+
+def test_epoch_log_writes_the_epochs_since_the_last_flush_with_the_runs_final_figures(uri, client, monkeypatch):
+    from iakd.search.trainable import EpochLog
+
+    trial = _trial(uri, None, "trial_0")
+    calls = []
+    log_batch = trial._client.log_batch
+    monkeypatch.setattr(trial._client, "log_batch", lambda *a, **k: calls.append(1) or log_batch(*a, **k))
+    # evaluated every 2 epochs; the schedule hands over (p = 0) from epoch 3
+    epochs = [{"epoch": e, "train_loss": 1.0 / e, "swap_prob": 0.5 if e < 3 else 0.0,
+               **({"val_acc": 50.0 + e, "test_acc": 40.0 + e} if e % 2 == 0 else {})} for e in range(1, 7)]
+    log = EpochLog(trial)
+    for metrics in epochs[:4]:
+        log.record(metrics)
+    log.flush()
+    assert len(calls) == 1 and _history(client, trial.run_id, "train_loss") == [(e, 1.0 / e) for e in range(1, 5)]
+    final = client.get_run(trial.run_id).data.metrics
+    assert (final["epochs"], final["best_val_acc"], final["last_test_acc"]) == (4, 54.0, 44.0)
+    # A resumed trial: MLflow already holds epochs 1-4; the checkpoint's history is recorded again, only 5-6 written
+    resumed = EpochLog(trial, logged=4)
+    for metrics in epochs:
+        resumed.record(metrics)
+    resumed.flush()
+    assert _history(client, trial.run_id, "train_loss") == [(e, 1.0 / e) for e in range(1, 7)]
+    final = client.get_run(trial.run_id).data.metrics
+    assert (final["epochs"], final["best_val_acc"], final["last_val_acc"]) == (6, 56.0, 56.0)

@@ -294,9 +294,9 @@ class _Stages:
                          "best_config": ", ".join(f"{k}={format_value(v)}" for k, v in best.overrides.items())})
         for b in baselines:
             metrics[f"baseline_{b.overrides.get('method.name')}_seed{b.overrides.get('seed')}_{cfg.metric}"] = b.score
-        if cfg.analysis and analysis:
-            tags["iakd.analysis"] = _analyse(uri, self.parent, log)
         tracking.finish_parent_run(uri, self.parent, metrics=metrics, tags=tags)
+        if cfg.analysis and analysis:  # once the parent is closed: the report describes the sweep as it ended
+            tracking.set_tags(uri, self.parent, {"iakd.analysis": _analyse(uri, self.parent, log)})
         return answer
 
 

@@ -28,7 +28,7 @@ from iakd.methods import METHODS
 from iakd.search import storage
 from iakd.search.space import apply_trial, trial_overrides
 
-__all__ = ["TrialContext", "run_trial", "trial_config", "trial_name", "baseline_name", "confirm_name",
+__all__ = ["TrialContext", "EpochLog", "run_trial", "trial_config", "trial_name", "baseline_name", "confirm_name",
            "CloseTrialRuns", "CANDIDATE_KEY", "TRIAL_TAG"]
 
 TRIAL_TAG = tracking.TRIAL_TAG
@@ -124,42 +124,16 @@ def _train_and_log(cfg: TrainConfig, context: TrialContext, trial, restored: str
     if changed:  # the run's params say what it started with; this tag says what changed on resume, and when
         run.set_tags({"iakd.resumed_compute": ", ".join(f"{k}: {a} -> {b} at epoch {len(done) + 1}"
                                                         for k, (a, b) in changed.items())})
-    # MLflow holds each epoch once. Epochs are logged before tune.report hands them to Tune, because Tune stops
-    # a trial by raising SystemExit inside tune.report and then kills the worker without waiting. So MLflow
-    # can be ahead of the checkpoint Tune kept: on resume, epochs MLflow already has are skipped (an exact
-    # resume trains them again identically) and any it lacks are filled in from the checkpoint.
-    # Tune hears of an epoch only when it was evaluated (what ASHA and the ranking read) or checkpointed; the
-    # epochs in between reach MLflow in the same batch as the next one that Tune hears of (one commit, not ten).
-    logged = run.last_step("epoch")
-    seen: list[dict[str, Any]] = []
-    pending: list[dict[str, Any]] = []  # epochs not yet in MLflow
-
-    def record(metrics: dict[str, Any]) -> None:
-        seen.append(metrics)
-        if metrics["epoch"] > logged:
-            pending.append(metrics)
-
-    def flush() -> None:
-        if not pending:
-            return
-        # final figures kept current: a trial that ASHA stops never reaches the end of train(); best_val_acc by
-        # the engine's rule (over the evaluated epochs after the handover, else the latest evaluated one)
-        best, last = best_judged_epoch(seen), next((h for h in reversed(seen) if evaluated(h)), None)
-        final: dict[str, Any] = {"epochs": seen[-1]["epoch"]}
-        if last is not None:
-            final.update(best_val_acc=best["val_acc"] if best is not None else last["val_acc"],
-                         last_val_acc=last["val_acc"], last_test_acc=last["test_acc"])
-        run.log_steps([(m, m["epoch"]) for m in pending], final=final)
-        pending.clear()
-
-    for metrics in done:
-        record(metrics)
-    flush()
+    epochs = EpochLog(run, logged=run.last_step("epoch"))
+    for metrics in done:  # the checkpoint's epochs that MLflow lacks (see EpochLog)
+        epochs.record(metrics)
+    epochs.flush()
 
     def report(metrics: dict[str, Any], checkpoint_path: Path | None) -> None:
-        record(metrics)
+        # Tune hears of an epoch only when it was evaluated (what ASHA and the ranking read) or checkpointed
+        epochs.record(metrics)
         if evaluated(metrics) or checkpoint_path is not None:
-            flush()
+            epochs.flush()
             saved = tune.Checkpoint.from_directory(str(checkpoint_path.parent)) if checkpoint_path else None
             tune.report({**metrics, "trial_name": trial.get_trial_name()}, checkpoint=saved)
 
@@ -180,11 +154,47 @@ def _train_and_log(cfg: TrainConfig, context: TrialContext, trial, restored: str
         raise
     finally:
         log_file.close()
-    flush()  # epochs after the last evaluated one, before a divergence ended the run
+    epochs.flush()  # epochs after the last evaluated one, before a divergence ended the run
     run.set_tags({"status": result["status"]})
     run.log_artifact(Path(cfg.out_dir) / "student.pt")
     run.log_artifact(log_path)
     run.finish("FAILED" if result["status"] == "diverged" else "FINISHED")
+
+
+class EpochLog:
+    """A trial's epochs on their way to its MLflow run: recorded every epoch, written in one batch per flush.
+
+    MLflow holds each epoch once. The trainable flushes before ``tune.report`` hands an epoch to Tune, because
+    Tune stops a trial by raising SystemExit inside ``tune.report`` and then kills the worker without waiting.
+    So MLflow can be ahead of the checkpoint Tune kept: on resume, epochs MLflow already has (up to ``logged``)
+    are skipped (an exact resume trains them again identically) and any it lacks are filled in from the
+    checkpoint. Epochs between two flushes reach MLflow in one call: one database commit, not one per epoch.
+    """
+
+    def __init__(self, run: tracking.TrialRun, logged: int = 0) -> None:
+        self.run = run
+        self.logged = logged  # the last epoch MLflow already holds
+        self.seen: list[dict[str, Any]] = []
+        self.pending: list[dict[str, Any]] = []  # epochs not yet in MLflow
+
+    def record(self, metrics: dict[str, Any]) -> None:
+        self.seen.append(metrics)
+        if metrics["epoch"] > self.logged:
+            self.pending.append(metrics)
+
+    def flush(self) -> None:
+        """Write the pending epochs, with the run's final figures as of now: a trial that ASHA stops never
+        reaches the end of train(). best_val_acc by the engine's rule (over the evaluated epochs after the
+        handover, else the latest evaluated one)."""
+        if not self.pending:
+            return
+        best, last = best_judged_epoch(self.seen), next((h for h in reversed(self.seen) if evaluated(h)), None)
+        final: dict[str, Any] = {"epochs": self.seen[-1]["epoch"]}
+        if last is not None:
+            final.update(best_val_acc=best["val_acc"] if best is not None else last["val_acc"],
+                         last_val_acc=last["val_acc"], last_test_acc=last["test_acc"])
+        self.run.log_steps([(m, m["epoch"]) for m in self.pending], final=final)
+        self.pending.clear()
 
 
 def trial_name(trial) -> str:
