@@ -30,6 +30,7 @@ from mlflow.tracking import MlflowClient
 from iakd import tracking
 from iakd.checkpoint import atomic_path
 from iakd.errors import ConfigError
+from iakd.judging import best_judged_epoch, handed_over, judged_epochs
 from iakd.schedules import FAMILIES
 
 __all__ = [
@@ -73,7 +74,7 @@ RUNS_SCHEMA = pa.schema([
     pa.field("seed", pa.int64()),
     pa.field("teacher_bn", pa.string()),  # how swapped-in teacher units normalise; null unless the method swaps
     pa.field("best_val_acc", pa.float64()),  # %, best of the judged epochs (after the handover: engine.judged_epochs)
-    pa.field("judged_from_epoch", pa.int64()),  # first epoch with swap_prob 0; null: never handed over (last judged)
+    pa.field("judged_from_epoch", pa.int64()),  # first judged epoch (evaluated, p = 0); null: never handed over
     pa.field("last_val_acc", pa.float64()),  # %, last epoch run
     pa.field("last_test_acc", pa.float64()),  # %, last epoch run
     pa.field("epochs", pa.int64()),  # epochs run
@@ -241,11 +242,12 @@ def _run_row(run: Run, parent_run_id: str, epoch_rows: list[dict[str, Any]]) -> 
     def final(key: str, fallback: float | None) -> float | None:
         return _number(metrics[key]) if key in metrics else fallback
 
-    val_history = [r["val_acc"] for r in epoch_rows if r["val_acc"] is not None and not math.isnan(r["val_acc"])]
+    # the engine's rule, on the epochs as logged (an epoch that was not evaluated has no val_acc)
+    logged = [{k: v for k, v in r.items() if v is not None} for r in epoch_rows]
+    judged, best = judged_epochs(logged), best_judged_epoch(logged)
     epochs = final("epochs", float(last["epoch"]) if epoch_rows else None)
     images = last.get("images_seen")
     outcome = _outcome(run.info.status, tags.get("status"))
-    handed_over = [r["epoch"] for r in epoch_rows if r.get("swap_prob") == 0.0]
     return {
         "run_id": run.info.run_id,
         "parent_run_id": parent_run_id,
@@ -269,8 +271,8 @@ def _run_row(run: Run, parent_run_id: str, epoch_rows: list[dict[str, Any]]) -> 
         "kd_weight": kd_weight,
         "seed": _param_int(params, "seed"),
         "teacher_bn": params.get("method.teacher_bn", "frozen") if swaps else None,
-        "best_val_acc": final("best_val_acc", max(val_history) if val_history else None),
-        "judged_from_epoch": handed_over[0] if handed_over else None,
+        "best_val_acc": final("best_val_acc", best["val_acc"] if best is not None else None),
+        "judged_from_epoch": judged[0]["epoch"] if judged and handed_over(judged[0]) else None,
         "last_val_acc": final("last_val_acc", last.get("val_acc")),
         "last_test_acc": final("last_test_acc", last.get("test_acc")),
         "epochs": None if epochs is None or not math.isfinite(epochs) else int(epochs),

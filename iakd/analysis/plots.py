@@ -407,17 +407,18 @@ def plot_pure_vs_hybrid(runs: pd.DataFrame, epochs: pd.DataFrame, path: str | Pa
     fig, axes = _figure(width=4.2 * len(top), height=4.2, ncols=len(top), sharey=True)
     axes = np.atleast_1d(axes)
     for rank, (ax, (_, row)) in enumerate(zip(axes, top.iterrows()), start=1):
-        curve = curves[curves["run_id"] == row["run_id"]].sort_values("epoch")
-        ax.plot(curve["epoch"], curve["val_acc"], color="C0", label="pure student, val (recomputed BN)")
+        curve = curves[curves["run_id"] == row["run_id"]].sort_values("epoch")  # evaluated epochs
+        every = epochs[epochs["run_id"] == row["run_id"]].sort_values("epoch")  # the hybrid and p(t): every epoch
+        ax.plot(curve["epoch"], curve["val_acc"], color="C0", marker=".", label="pure student, val (recomputed BN)")
         if "val_acc_running_bn" in curve and curve["val_acc_running_bn"].notna().any():
-            ax.plot(curve["epoch"], curve["val_acc_running_bn"], color="C0", ls=":", alpha=0.8,
+            ax.plot(curve["epoch"], curve["val_acc_running_bn"], color="C0", ls=":", marker=".", alpha=0.8,
                     label="pure student, val (running BN)")
-        ax.plot(curve["epoch"], curve["train_acc"], color="C1", alpha=0.8, label="hybrid, training batches")
+        ax.plot(every["epoch"], every["train_acc"], color="C1", alpha=0.8, label="hybrid, training batches")
         ax.set_ylim(0, 100)
         ax.set_xlabel("epoch")
         ax.set_title(_wrap(f"#{rank} {config_label(row)}", 40), fontsize=8)
         twin = ax.twinx()
-        twin.plot(curve["epoch"], curve["swap_prob"], color="k", ls="--", lw=1, label="p(t), epoch mean")
+        twin.plot(every["epoch"], every["swap_prob"], color="k", ls="--", lw=1, label="p(t), epoch mean")
         twin.set_ylim(0, 1.05)
         if rank == len(top):
             twin.set_ylabel("swap probability p(t)")

@@ -22,7 +22,7 @@ from ray.tune.search import ConcurrencyLimiter
 from iakd import tracking
 from iakd.analysis.results import SweepResults, sweep_results
 from iakd.config import MethodConfig, to_dict
-from iakd.engine import evaluated, judged_epochs
+from iakd.judging import evaluated, judged_epochs
 from iakd.methods import METHODS
 from iakd.search import preflight
 from iakd.search.experiment import Experiment, ExperimentConfig

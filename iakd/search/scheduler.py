@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from iakd.engine import handed_over
+from iakd.judging import handed_over
 
 __all__ = ["HandoverASHA"]
 

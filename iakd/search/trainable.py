@@ -23,7 +23,8 @@ from ray import tune
 from iakd import tracking
 from iakd.checkpoint import copy_atomic, load_file
 from iakd.config import TrainConfig, from_dict, to_dict
-from iakd.engine import best_judged_epoch, compute_changes, evaluated, train
+from iakd.engine import compute_changes, train
+from iakd.judging import best_judged_epoch, evaluated
 from iakd.methods import METHODS
 from iakd.search import storage
 from iakd.search.space import apply_trial, trial_overrides
