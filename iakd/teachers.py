@@ -20,7 +20,7 @@ from iakd.checkpoint import load_file, save_atomic
 from iakd.errors import ConfigError
 from iakd.models import ZooModel
 
-__all__ = ["save_teacher", "load_teacher", "cache_path"]
+__all__ = ["save_teacher", "load_teacher", "recorded_accuracy", "cache_path"]
 
 
 def save_teacher(path: str | Path, model: ZooModel, *, arch: str, dataset: str, num_classes: int,
@@ -61,6 +61,19 @@ def load_teacher(path: str | Path, arch: str, num_classes: int, dataset: str | N
         first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
         raise ConfigError(f"teacher checkpoint {path}: does not fit {arch!r} ({first[:160]})") from None
     return model.requires_grad_(False).eval()
+
+
+def recorded_accuracy(path: str | Path, dataset: str, image_size: int | None) -> float | None:
+    """The test accuracy a teacher file trained here records, when it was measured on this dataset at this image
+    size; None otherwise (a file from elsewhere, or another size), and the caller measures it."""
+    state = load_file(path, what="teacher checkpoint", required=("model",))
+    try:
+        size = json.loads(state.get("config") or "{}").get("data", {}).get("image_size")
+    except (TypeError, ValueError, AttributeError):
+        return None
+    if state.get("dataset") != dataset or size != image_size or state.get("accuracy") is None:
+        return None
+    return float(state["accuracy"])
 
 
 def cache_path(cache_dir: str | Path, *, dataset: str, arch: str, recipe: Mapping[str, Any], seed: int) -> Path:

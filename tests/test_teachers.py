@@ -62,3 +62,18 @@ def test_cache_key_separates_recipes_and_seeds(tmp_path):
     assert a != cache_path(tmp_path, dataset="digits", arch="resnet20", recipe={"epochs": 6}, seed=0)
     assert a != cache_path(tmp_path, dataset="digits", arch="resnet20", recipe={"epochs": 5}, seed=1)
     assert a.name.startswith("digits-resnet20-")
+
+
+def test_a_teacher_trained_here_records_the_accuracy_a_run_can_use_instead_of_measuring_it(tmp_path):
+    from iakd.teachers import recorded_accuracy
+
+    model = models.build("resnet8", 10)
+    path = save_teacher(tmp_path / "t.pth", model, arch="resnet8", dataset="digits", num_classes=10, accuracy=97.5,
+                        config={"data": {"name": "digits", "image_size": 16}})
+    assert recorded_accuracy(path, "digits", 16) == 97.5
+    assert recorded_accuracy(path, "digits", 32) is None  # measured at another size: the run measures its own
+    assert recorded_accuracy(path, "fashion_mnist", 16) is None
+    unknown = save_teacher(tmp_path / "u.pth", model, arch="resnet8", dataset="digits", num_classes=10, accuracy=None)
+    assert recorded_accuracy(unknown, "digits", None) is None
+    torch.save({"model": model.state_dict()}, tmp_path / "repdistiller.pth")  # a file from elsewhere
+    assert recorded_accuracy(tmp_path / "repdistiller.pth", "digits", None) is None
