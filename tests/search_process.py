@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "tune" / "search.py"
+# The digits default evaluates and checkpoints every 10th epoch; sweeps of a few epochs that test what happens
+# between epochs (a checkpoint to resume from, ASHA's rungs, every epoch's figures) ask for every epoch.
+EVERY_EPOCH = ["run.evaluation.every=1", "run.checkpoint_every=1"]
 
 
 class Search:

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 from fake_cluster import FakeAutoscalingCluster
 from mlflow_server import MlflowServer
+from search_process import EVERY_EPOCH
 
 from iakd.engine import judged_epochs
 
@@ -127,6 +128,7 @@ def test_the_autoscaler_brings_up_the_intended_gpu_workers_and_removes_them_when
 
     experiment = load_experiment(CONFIG, [
         f"num_samples={SAMPLES}", f"max_concurrent={SAMPLES}", "scheduler.name=none", f"run.optim.epochs={EPOCHS}",
+        *EVERY_EPOCH,
         "run.teacher.epochs=1", "run.data.image_size=8", "run.teacher.arch=resnet20", "baselines.methods=[]",
         "confirm.top_k=0", "analysis=false", "run.evaluation.bn_images=64",
         "resources.cpu=1", f"resources.gpu={GPU_PER_TRIAL}", f"storage_path=file://{tmp_path}/shared",

@@ -24,6 +24,7 @@ import traceback
 from pathlib import Path
 
 import pytest
+from search_process import EVERY_EPOCH
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "tune" / "configs" / "digits.yaml"
@@ -67,6 +68,7 @@ def _experiment(tmp: Path, cache: Path):
 
     return load_experiment(CONFIG, [
         f"num_samples={SAMPLES}", "max_concurrent=1", "scheduler.name=none", f"run.optim.epochs={EPOCHS}",
+        *EVERY_EPOCH,
         "run.teacher.epochs=1", "run.data.image_size=8", "run.teacher.arch=resnet20", "run.data.train_size=null",
         "run.evaluation.bn_images=64", "baselines.methods=[]", "confirm.top_k=0", "analysis=false", "max_failures=2",
         "resources.cpu=1", "resources.gpu=1", f"storage_path=file://{tmp}/shared", f"run.teacher.cache_dir={cache}",

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 from mlflow_server import MlflowServer
-from search_process import Search, search_env, until
+from search_process import EVERY_EPOCH, Search, search_env, until
 
 from iakd.engine import judged_epochs
 
@@ -95,6 +95,7 @@ def server(tmp_path, env):
 
 def test_the_mlflow_server_going_away_mid_sweep_loses_no_epoch_and_duplicates_none(tmp_path, env, server):
     overrides = ["num_samples=1", "max_concurrent=1", "scheduler.name=none", f"run.optim.epochs={EPOCHS}",
+                 *EVERY_EPOCH,
                  "run.teacher.epochs=1", "run.data.image_size=8", "run.teacher.arch=resnet20",
                  "run.data.train_size=null", "baselines.methods=[]", "confirm.top_k=0", "analysis=false",
                  f"storage_path={tmp_path}/ray", f"tracking_uri={server.url}"]

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+from search_process import EVERY_EPOCH
 
 from iakd.search.scheduler import HandoverASHA
 
@@ -82,7 +83,7 @@ def sweep(tmp_path_factory):
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         overrides = [
-            "num_samples=8", "max_concurrent=1", "run.optim.epochs=4", "run.teacher.epochs=1",
+            "num_samples=8", "max_concurrent=1", "run.optim.epochs=4", *EVERY_EPOCH, "run.teacher.epochs=1",
             "run.teacher.arch=resnet14", "run.data.image_size=8", "run.optim.batch_size=50",
             "scheduler.grace_period=1", "scheduler.reduction_factor=2", "baselines.methods=[]", "confirm.top_k=0",
             "analysis=false", f"storage_path={tmp}/ray", f"tracking_uri=sqlite:///{tmp}/mlflow.db",

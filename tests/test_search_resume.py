@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from search_process import Search, search_env, until
+from search_process import EVERY_EPOCH, Search, search_env, until
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = 3
@@ -31,6 +31,7 @@ EXPERIMENT = "iakd-digits"
 def _overrides(tmp: Path, teachers: Path) -> list[str]:
     """The sweep's keys; ``teachers``: the teacher cache every invocation shares (the teacher is trained once)."""
     return [f"num_samples={SAMPLES}", "max_concurrent=1", "scheduler.name=none", f"run.optim.epochs={EPOCHS}",
+            *EVERY_EPOCH,
             "run.teacher.epochs=1", "run.data.image_size=8", "run.teacher.arch=resnet20", "baselines.methods=[ce]",
             "run.data.train_size=null", "baselines.seeds=[0]", "confirm.top_k=1", "confirm.seeds=[1]", "analysis=false",
             "run.evaluation.bn_images=128", f"run.teacher.cache_dir={teachers}",
