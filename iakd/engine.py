@@ -477,9 +477,9 @@ def train(
         if any([cb(metrics, checkpoint) for cb in callbacks]):  # every callback sees every epoch
             status, message = "stopped", f"stopped by a callback after epoch {run.epoch}"
             break
-    result = run.result(status, message)
+    # the file records the test accuracy of the weights it holds: known only when the last epoch was evaluated
+    final = run.history[-1] if run.history and evaluated(run.history[-1]) else None
     save_teacher(out_dir / "student.pt", run.method.student, arch=cfg.student.arch, dataset=cfg.data.name,
-                 num_classes=run.dataset.num_classes,
-                 accuracy=None if math.isnan(result["last_test_acc"]) else result["last_test_acc"],
+                 num_classes=run.dataset.num_classes, accuracy=final["test_acc"] if final else None,
                  config=to_dict(cfg))
-    return result
+    return run.result(status, message)
