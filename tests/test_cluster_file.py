@@ -64,6 +64,16 @@ def test_every_value_a_user_sets_is_a_placeholder(shipped):
                                           "<YOUR_HEAD_INSTANCE_PROFILE_ARN>", "<YOUR_WORKER_INSTANCE_PROFILE_ARN>"}
 
 
+def test_no_local_output_is_copied_to_the_nodes(shipped):
+    """Every folder or file the project writes locally (what .gitignore keeps out of git) stays on the user's
+    machine, except teacher files (*.pth), which a sweep may read from the project folder."""
+    outputs = [line.strip().rstrip("/") for line in (ROOT / ".gitignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    kept = {"*.pt", "*.pth"}  # the teacher a cluster sweep reads travels with the project (README, cluster)
+    excluded = {pattern.lstrip("/").removeprefix("**/") for pattern in shipped["rsync_exclude"]}
+    assert [o for o in outputs if o not in kept and o not in excluded] == []
+
+
 def test_image_runs_the_ray_version_pyproject_pins(shipped):
     pinned = Requirement(re.search(r'"(ray\[tune\][^"]*)"', (ROOT / "pyproject.toml").read_text()).group(1))
     version = re.search(r":(\d+\.\d+\.\d+)-", shipped["docker"]["image"]).group(1)
