@@ -115,6 +115,7 @@ def test_the_optuna_study_holds_every_searched_trial_linked_to_its_tune_trial_an
 
     summary, text, _, runs = sweep
     study = optuna.load_study(study_name=summary.study, storage=summary.optuna_storage)
+    assert study.metric_names == ["val_acc"] and study.direction == optuna.study.StudyDirection.MAXIMIZE
     beside = Path(summary.tracking_uri.removeprefix("sqlite:///")).parent / "optuna.db"  # next to mlflow.db
     assert summary.study.startswith("iakd-digits-") and summary.optuna_storage == f"sqlite:///{beside}"
     completed = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE]

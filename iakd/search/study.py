@@ -9,6 +9,7 @@ rerun without ``--resume`` (a new parent run) starts a new study instead of mixi
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,15 @@ class LinkedOptunaSearch(OptunaSearch):
             if database is not None:  # sqlite makes the file, not its folder (checked writable at the door)
                 database.parent.mkdir(parents=True, exist_ok=True)
             kwargs["storage"] = optuna.storages.RDBStorage(storage)
+        metric, study = kwargs.get("metric"), kwargs.get("study_name")
+        if kwargs.get("storage") is not None and study and metric:
+            # The objective's name, which optuna-dashboard shows instead of "Objective 0". OptunaSearch takes no
+            # such argument: the study is made here first, and OptunaSearch loads it (load_if_exists).
+            made = optuna.create_study(study_name=study, storage=kwargs["storage"], load_if_exists=True,
+                                       direction="maximize" if kwargs.get("mode") == "max" else "minimize")
+            with warnings.catch_warnings():  # "experimental since 3.2": tested here with Optuna 5 (pyproject)
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                made.set_metric_names([metric])
         super().__init__(*args, **kwargs)
         self._tracking_uri, self._parent_run_id = tracking_uri, parent_run_id
 
