@@ -77,3 +77,23 @@ def test_a_teacher_trained_here_records_the_accuracy_a_run_can_use_instead_of_me
     assert recorded_accuracy(unknown, "digits", None) is None
     torch.save({"model": model.state_dict()}, tmp_path / "repdistiller.pth")  # a file from elsewhere
     assert recorded_accuracy(tmp_path / "repdistiller.pth", "digits", None) is None
+
+
+def test_the_sweep_checks_its_teacher_by_the_accuracy_a_run_would_use(tmp_path):
+    """check_teacher (the driver, before any trial) and the trials agree: a file trained here on this dataset
+    and size is taken at its recorded accuracy; any other file is measured on the test split."""
+    from iakd.config import load_config
+    from iakd.search.teacher import check_teacher
+
+    base = load_config(overrides=["data.image_size=8", "teacher.arch=resnet8"])
+    torch.manual_seed(0)  # one fixed untrained network: it predicts near chance
+    untrained = models.build("resnet8", 10)
+    config = {"data": {"name": "digits", "image_size": 8}}
+    claims_good = save_teacher(tmp_path / "good.pth", untrained, arch="resnet8", dataset="digits", num_classes=10,
+                               accuracy=99.0, config=config)
+    assert check_teacher(base, str(claims_good)) is None  # recorded: not measured again
+    claims_bad = save_teacher(tmp_path / "bad.pth", untrained, arch="resnet8", dataset="digits", num_classes=10,
+                              accuracy=11.0, config=config)
+    assert "11.0%" in check_teacher(base, str(claims_bad))
+    torch.save({"model": untrained.state_dict()}, tmp_path / "foreign.pth")  # no record: measured, near chance
+    assert "within 5 points of chance" in check_teacher(base, str(tmp_path / "foreign.pth"))

@@ -14,7 +14,7 @@ from iakd.checkpoint import load_file
 from iakd.config import TrainConfig
 from iakd.engine import evaluate, load_data, prepare_teacher, teacher_file, teacher_warning
 from iakd.search import storage
-from iakd.teachers import load_teacher
+from iakd.teachers import load_teacher, recorded_accuracy
 
 __all__ = ["share_teacher", "check_teacher"]
 
@@ -51,17 +51,16 @@ def share_teacher(base: TrainConfig, storage_path: str, *, log: Callable[[str], 
 def check_teacher(base: TrainConfig, teacher_path: str) -> str | None:
     """A warning when the sweep's teacher is within a few points of chance accuracy (see engine.teacher_warning).
 
-    A teacher trained here carries its test accuracy; a file from elsewhere is evaluated on the test split once.
+    A teacher trained here on this dataset and size carries its test accuracy (the trials take the same figure,
+    ``recorded_accuracy``); another file is evaluated on the test split once.
     """
     local = storage.fetch(teacher_path)
-    state = load_file(local, what="teacher checkpoint", required=("model",))
-    accuracy, num_classes = state.get("accuracy"), state.get("num_classes")
-    if accuracy is None or num_classes is None:
-        cfg = dataclasses.replace(base, device="cpu")
-        dataset = load_data(cfg, torch.device("cpu"))
-        teacher = load_teacher(local, base.teacher.arch, dataset.num_classes)
-        accuracy, num_classes = evaluate(teacher, dataset.test), dataset.num_classes
-    return teacher_warning(float(accuracy), int(num_classes))
+    accuracy = recorded_accuracy(local, base.data.name, base.data.image_size)
+    if accuracy is not None:  # a file trained here records its classes beside its accuracy
+        return teacher_warning(accuracy, int(load_file(local, what="teacher checkpoint")["num_classes"]))
+    dataset = load_data(dataclasses.replace(base, device="cpu"), torch.device("cpu"))
+    teacher = load_teacher(local, base.teacher.arch, dataset.num_classes)
+    return teacher_warning(evaluate(teacher, dataset.test), dataset.num_classes)
 
 
 def _file_digest(path: Path) -> str:
