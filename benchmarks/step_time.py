@@ -9,6 +9,12 @@ methods built on ``freeze_teacher(teacher)`` (BatchNorm folded) run side by side
                                    [--pairs resnet56:resnet20,resnet32x4:resnet8x4]
 
 One line per figure; ratios are of step times (lower is cheaper): ``iakd(0.5)/kd`` and ``iakd(0)/ce``.
+
+The levers of swapping-in (docs/iakd-levers.md) are timed beside them, at p = 0.5 on the plain teacher:
+``blend(0.5)`` runs both units everywhere (no mask is drawn), ``aux(0.5)`` is IAKD with the hybrid as an auxiliary
+path (hybrid_weight 0.5: the pure student and, on a step that swaps, the hybrid), ``kd+aux(0.5)`` KD's loss on the
+pure student plus that path, ``kd-on-student(0.5)`` IAKD+KD with its KD term on the pure student. A warm-up
+(schedule.t_start) and the teacher's initialisation (student.init) change no step.
 """
 
 from __future__ import annotations
@@ -109,6 +115,31 @@ def eager_variants(teacher_arch: str, student_arch: str, device: torch.device, b
     return variants
 
 
+def lever_variants(teacher_arch: str, student_arch: str, device: torch.device, batch_size: int) -> list[Variant]:
+    """The levers at p = 0.5 (every mask of stage granularity, each timed on its own; blend draws none)."""
+    torch.manual_seed(0)
+    teacher = models.build(teacher_arch, NUM_CLASSES).to(device).eval()
+    student = models.build(student_arch, NUM_CLASSES).to(device)
+    images = torch.randn(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
+    labels = torch.randint(0, NUM_CLASSES, (batch_size,), device=device)
+    levers = {"blend(0.5)": ("iakd", {"mixing": "blend"}),
+              "aux(0.5)": ("iakd", {"hybrid_weight": 0.5}),
+              "kd+aux(0.5)": ("iakd+kd", {"hybrid_weight": 0.5, "ce_weight": 0.1}),
+              "kd-on-student(0.5)": ("iakd+kd", {"kd_on": "student"})}
+    variants = []
+    for figure, (name, options) in levers.items():
+        method = methods.build(name, copy.deepcopy(student), teacher, granularity="stage", **options).to(device)
+        method.train()
+        if options.get("mixing") == "blend":
+            variants.append(Variant(figure, figure, training_step(method, images, labels, 0.5)))
+            continue
+        for mask in itertools.product((0.0, 1.0), repeat=method.num_units):
+            bits = "".join(str(int(b)) for b in mask)
+            variants.append(Variant(f"{figure} mask {bits}", figure,
+                                    training_step(method, images, labels, list(mask))))
+    return variants
+
+
 def graphed_variants(teacher_arch: str, student_arch: str, device: torch.device, batch_size: int) -> list[Variant]:
     """The same steps as CUDA graphs (``iakd.step.GraphedStep``), timed beside the eager ones on CUDA; each
     mask's variant captures its own graph on its second step (in the warm-up round)."""
@@ -156,6 +187,9 @@ def report(pair: str, variants: list[Variant], batch_size: int) -> None:
     ratio("iakd(0)", "ce", "  (target <= 1.05)")
     ratio("iakd+kd(0.5)", "kd")
     ratio("iakd+kd(0.5) folded", "kd folded")
+    for lever in ("blend(0.5)", "aux(0.5)", "kd+aux(0.5)", "kd-on-student(0.5)"):
+        ratio(lever, "kd", "  (a lever)")
+        ratio(lever, "iakd(0.5)", "  (a lever against today's IAKD)")
     ratio("kd folded", "kd", "  (the fold's effect)")
     ratio("iakd(0.5) folded", "iakd(0.5)", "  (the fold's effect)")
     ratio("iakd+kd(0.5) folded", "iakd+kd(0.5)", "  (the fold's effect)")
@@ -195,6 +229,7 @@ def main() -> None:
           f"steps after 1 warm-up round, fp32, {args.clock} clock")
     for teacher_arch, student_arch in pairs:
         variants = eager_variants(teacher_arch, student_arch, device, args.batch_size)
+        variants += lever_variants(teacher_arch, student_arch, device, args.batch_size)
         if device.type == "cuda":
             variants += graphed_variants(teacher_arch, student_arch, device, args.batch_size)
         measure(variants, device, repeats, steps, warmup=1, clock=clock)

@@ -57,6 +57,9 @@ class TeacherConfig:
 @dataclass
 class StudentConfig:
     arch: str = "resnet8"
+    # scratch: fresh weights from the run's seed; teacher: then the stem, the classifier and, per stage, the first
+    # blocks copied from the teacher where shapes match (iakd.transplant), for every method alike
+    init: Literal["scratch", "teacher"] = "scratch"
 
 
 @dataclass
@@ -68,6 +71,10 @@ class MethodConfig:
     temperature: float = 4.0
     # how a swapped-in teacher unit normalises inside the hybrid (iakd.hybrid.TEACHER_BN_MODES)
     teacher_bn: Literal["frozen", "batch"] = "batch"
+    # The levers of swapping-in (iakd.methods.IAKD, docs/iakd-levers.md); methods that do not swap refuse them.
+    mixing: Literal["bernoulli", "blend"] = "bernoulli"  # iakd.hybrid.MIXINGS: draw a unit, or blend both by p
+    hybrid_weight: float = 0.0  # > 0: the pure student carries the loss, plus this x CE on the hybrid's logits
+    kd_on: Literal["hybrid", "student"] | None = None  # IAKD+KD's KD term on these logits; None: the loss's own
 
 
 @dataclass
@@ -220,6 +227,21 @@ def _check(cfg: TrainConfig) -> None:
     if kd_weight is not None and not method.has_kd_term and kd_weight != 0:
         fail("method.kd_weight", kd_weight, f"method.name={cfg.method.name} has no KD term; use method.name="
              f"{'iakd+kd' if method.uses_swap else 'kd'} to add one, or leave method.kd_weight unset")
+    if not method.uses_swap:
+        levers = (("mixing", cfg.method.mixing, "bernoulli"), ("hybrid_weight", cfg.method.hybrid_weight, 0.0),
+                  ("kd_on", cfg.method.kd_on, None))
+        for key, value, default in levers:
+            if value != default:
+                fail(f"method.{key}", value, f"method.name={cfg.method.name} does not swap; it applies to "
+                     f"{', '.join(n for n, c in METHODS.items() if c.uses_swap)}")
+    elif cfg.method.kd_on is not None and not method.has_kd_term:
+        fail("method.kd_on", cfg.method.kd_on, f"method.name={cfg.method.name} has no KD term; use iakd+kd")
+    if cfg.student.init == "teacher":
+        from iakd.transplant import transplant_plan  # builds both networks once per pair (cached)
+
+        if not transplant_plan(cfg.student.arch, cfg.teacher.arch):
+            fail("student.init", "teacher", f"no part of teacher.arch {cfg.teacher.arch!r} has the shapes of "
+                 f"student.arch {cfg.student.arch!r} (stem, blocks and classifier all differ); use scratch")
     try:
         granularity = parse_granularity(cfg.method.granularity)
     except ConfigError as e:
@@ -262,7 +284,7 @@ def _check(cfg: TrainConfig) -> None:
         if not 0.0 <= value <= 1.0:
             fail(key, value, "must be in [0, 1]")
     for key, value in (("optim.weight_decay", cfg.optim.weight_decay), ("method.ce_weight", cfg.method.ce_weight),
-                       ("method.kd_weight", cfg.method.kd_weight)):
+                       ("method.kd_weight", cfg.method.kd_weight), ("method.hybrid_weight", cfg.method.hybrid_weight)):
         if value is not None and value < 0:
             fail(key, value, "must be >= 0")
     if any(not 0.0 < m < 1.0 for m in cfg.optim.milestones) or cfg.optim.milestones != sorted(cfg.optim.milestones):

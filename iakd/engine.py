@@ -40,6 +40,7 @@ from iakd.frozen import freeze_teacher
 from iakd.judging import best_judged_epoch, evaluated, handed_over, judged_epochs
 from iakd.step import Compute, EpochTotals, make_step
 from iakd.teachers import cache_path, load_teacher, recorded_accuracy, save_teacher
+from iakd.transplant import transplant
 
 __all__ = ["Callback", "train", "evaluate", "prepare_teacher", "teacher_file", "resolve_device", "stream_seed",
            "build_student", "build_method", "teacher_warning", "load_data", "read_resume_checkpoint",
@@ -106,12 +107,14 @@ def build_method(cfg: TrainConfig, student: models.ZooModel, teacher: models.Zoo
                  input_size: int) -> methods.Method:
     """The config's method around ``student``; connectors (where widths differ) draw from their own stream."""
     m = cfg.method
+    swaps = methods.METHODS[m.name].uses_swap
+    levers = {"mixing": m.mixing, "hybrid_weight": m.hybrid_weight, "kd_on": m.kd_on} if swaps else {}
     with _seeded(cfg.seed, "connectors"):
         return methods.build(m.name, student, teacher, granularity=m.granularity, teacher_bn=m.teacher_bn,
                              ce_weight=m.ce_weight,
                              kd_weight=m.kd_weight, temperature=m.temperature,
                              swap_seed=stream_seed(cfg.seed, "swap"), input_size=input_size,
-                             pair=f"{cfg.teacher.arch} -> {cfg.student.arch}")
+                             pair=f"{cfg.teacher.arch} -> {cfg.student.arch}", **levers)
 
 
 def read_resume_checkpoint(path: str | Path, cfg: TrainConfig) -> dict[str, Any]:
@@ -338,6 +341,7 @@ class _Run:
         step_fn.set_lr()
         seen = swapped = swap_draws = 0
         prob_sum = 0.0
+        started_alone = schedule.ended(self.step / self.total_steps)
         batches = self.dataset.train.batches(cfg.optim.batch_size, shuffle=True, augment=True,
                                              generator=self.generators["order"],
                                              augment_generator=self.generators["augment"])
@@ -369,6 +373,8 @@ class _Run:
             "lr": lr,
             "swap_prob": prob_sum / math.ceil(seen / cfg.optim.batch_size),
             "swap_rate": swapped / swap_draws if swap_draws else 0.0,
+            # the schedule had ended when the epoch began: judged from here on (iakd.judging.handed_over)
+            **({"handed_over": float(started_alone)} if method.uses_swap else {}),
             "epoch_seconds": seconds,
             "images_per_second": seen / seconds,
             # cumulative cost: what the analysis sets accuracy against
@@ -401,9 +407,15 @@ def _build_run(cfg: TrainConfig, device: torch.device, *, prepare: bool, log: Ca
     """config -> data, teacher, student, method, optimizer and the run's random streams."""
     dataset = load_data(cfg, device)
     teacher, teacher_acc, warning = None, None, None
-    if methods.METHODS[cfg.method.name].uses_teacher:
+    student = build_student(cfg.student.arch, dataset.num_classes, cfg.seed)
+    uses_teacher = methods.METHODS[cfg.method.name].uses_teacher
+    if uses_teacher or cfg.student.init == "teacher":
         path = prepare_teacher(cfg, log) if prepare else teacher_file(cfg)
         teacher = load_teacher(path, cfg.teacher.arch, dataset.num_classes, dataset=cfg.data.name).to(device)
+        if cfg.student.init == "teacher":  # before any folding: the copied parts include BatchNorm layers
+            copied = transplant(student, teacher)
+            log(f"student {cfg.student.arch} initialised from the teacher: {', '.join(copied)}")
+    if uses_teacher:
         # A teacher trained here records its test accuracy; measuring it again costs a pass over the test split
         # per run (10,000 images through resnet20 on Fashion-MNIST: 11 s of a 100-s run on a CPU core)
         teacher_acc = recorded_accuracy(path, cfg.data.name, cfg.data.image_size)
@@ -418,7 +430,8 @@ def _build_run(cfg: TrainConfig, device: torch.device, *, prepare: bool, log: Ca
             teacher = freeze_teacher(teacher)  # BatchNorm folded into the convolutions: it only ever infers
         # else the hybrid's copy needs the BatchNorm layers (it normalises with batch statistics), and the
         # standalone teacher (IAKD+KD's logits) is the loaded one in eval mode: the same arithmetic, unfolded
-    student = build_student(cfg.student.arch, dataset.num_classes, cfg.seed)
+    else:
+        teacher = None  # only lent its weights to the student
     method = build_method(cfg, student, teacher, dataset.image_size).to(device)
     compute = Compute(device, bf16=cfg.compute.bf16, channels_last=cfg.compute.channels_last)
     compute.apply(method)

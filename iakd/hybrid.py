@@ -11,12 +11,16 @@ from iakd.frozen import batch_statistics_teacher
 from iakd.models import ZooModel
 from iakd.units import Granularity, partition
 
-__all__ = ["HybridNet", "TEACHER_BN_MODES"]
+__all__ = ["HybridNet", "TEACHER_BN_MODES", "MIXINGS"]
 
 # How a swapped-in teacher unit normalises: ``frozen`` with its running statistics (exact teacher arithmetic, a
 # student-fed input arrives with other statistics than the teacher's own), ``batch`` with the batch's statistics
 # and its frozen affine parameters (it adapts to what the student feeds it). Its weights never change in either.
 TEACHER_BN_MODES: tuple[str, ...] = ("frozen", "batch")
+
+# How a unit's two versions are mixed: ``bernoulli`` runs one of them, drawn per step (the swap mask), ``blend``
+# runs both and passes on (1 - a) x student + a x teacher with a deterministic weight a per unit (no draw).
+MIXINGS: tuple[str, ...] = ("bernoulli", "blend")
 
 
 def _connector(in_ch: int, out_ch: int) -> nn.Module:
@@ -69,9 +73,16 @@ class HybridNet(nn.Module):
         self.teacher.eval()  # the teacher's BatchNorm statistics never change
         return self
 
-    def forward(self, x: torch.Tensor, swap: Sequence[bool] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, swap: Sequence[bool] | None = None,
+                blend: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit i of the teacher where ``swap[i]``, of the student elsewhere. With ``blend`` (one weight a per
+        unit, a tensor, so that a captured step reads the weights of the moment), unit i where ``swap[i]``
+        passes on ``torch.lerp(student_i(x), teacher_i(x), a_i)`` instead, in the student's width: exactly the
+        student unit at a = 0 and the teacher unit (through its connectors) at a = 1."""
         if swap is not None and len(swap) != self.num_units:
             raise ValueError(f"swap has {len(swap)} entries for {self.num_units} units")
+        if blend is not None:
+            return self._forward_blend(x, swap, blend)
         x = self.student.forward_stem(x)
         in_teacher = False
         for i in range(self.num_units):
@@ -83,6 +94,21 @@ class HybridNet(nn.Module):
             in_teacher = use_teacher
         if in_teacher and str(self.num_units) in self.to_student:
             x = self.to_student[str(self.num_units)](x)
+        return self.student.forward_head(x)
+
+    def _teacher_unit(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Teacher unit i on a student-width input, its output in the student's width (connectors where needed)."""
+        x = self.to_teacher[str(i)](x) if str(i) in self.to_teacher else x
+        x = self._teacher_units[i](x)
+        return self.to_student[str(i + 1)](x) if str(i + 1) in self.to_student else x
+
+    def _forward_blend(self, x: torch.Tensor, swap: Sequence[bool] | None, blend: torch.Tensor) -> torch.Tensor:
+        x = self.student.forward_stem(x)
+        for i in range(self.num_units):
+            out = self._student_units[i](x)
+            if swap is not None and swap[i]:  # a unit with a = 0 runs the student alone: the same value, cheaper
+                out = torch.lerp(out, self._teacher_unit(i, x), blend[i].to(out.dtype))
+            x = out
         return self.student.forward_head(x)
 
     @torch.no_grad()

@@ -19,7 +19,12 @@ def evaluated(metrics: dict[str, Any]) -> bool:
 
 
 def handed_over(metrics: dict[str, Any]) -> bool:
-    """True for an epoch in which the student trained alone throughout (its swap probability was 0)."""
+    """True for an epoch that began after the swap schedule ended: the student trains alone from its start to the
+    end of the run. The engine records it as ``handed_over`` (1 or 0; a warm-up epoch before swapping starts has
+    p = 0 but has not handed over); a history without it (a method that does not swap, or one written before the
+    key existed) falls back to a swap probability of 0."""
+    if "handed_over" in metrics:
+        return bool(metrics["handed_over"])
     return metrics.get("swap_prob", 0.0) == 0.0
 
 

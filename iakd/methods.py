@@ -16,12 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from iakd.hybrid import HybridNet
+from iakd.hybrid import MIXINGS, HybridNet
 from iakd.losses import kd_loss
 from iakd.models import ZooModel
 from iakd.units import Granularity
 
-__all__ = ["METHODS", "Method", "CE", "KD", "IAKD", "IAKDKD", "build", "kd_methods"]
+__all__ = ["METHODS", "KD_TARGETS", "Method", "CE", "KD", "IAKD", "IAKDKD", "build", "kd_methods", "swap_methods"]
+
+# The logits IAKD+KD's KD term may act on (``IAKD(kd_on=...)``).
+KD_TARGETS: tuple[str, ...] = ("hybrid", "student")
 
 
 class Method(nn.Module):
@@ -126,9 +129,16 @@ class IAKD(Method):
     """Swapping-in: each step the student trains inside a hybrid whose units are drawn from student or teacher.
 
     ``swap_prob`` (one probability, or one per unit) is set by the engine from the schedule before each step;
-    the mask drawn for the step is kept in ``last_swap``. With ``kd_weight > 0`` (IAKD+KD) the full teacher's
-    logits, computed without a graph, add ``kd_weight * T^2 KL(teacher || hybrid)``; with 0 the teacher only runs
-    inside the hybrid.
+    the mask drawn for the step is kept in ``last_swap``. The levers (docs/iakd-levers.md):
+
+    - ``mixing``: ``bernoulli`` draws each unit from student or teacher with probability p; ``blend`` runs both
+      and passes on (1 - a) x student + a x teacher with a = p (no draw; the mask marks the units with a > 0).
+    - ``hybrid_weight`` w: 0 trains the hybrid on the method's loss (the paper's IAKD); w > 0 makes the hybrid an
+      auxiliary path: the pure student carries the method's loss, and w x CE on the hybrid's logits is added
+      (``loss_hybrid``; 0 on a step whose mask swaps nothing, where the hybrid is the student itself).
+    - ``kd_on``: with ``kd_weight > 0`` (IAKD+KD), the logits that ``kd_weight * T^2 KL(teacher || logits)``
+      acts on: ``hybrid`` or ``student``; None: where the method's loss is (the hybrid without an auxiliary path,
+      the student with one). The full teacher's logits are computed once per step, without a graph.
     """
 
     uses_teacher = True
@@ -147,30 +157,66 @@ class IAKD(Method):
         swap_seed: int = 0,
         input_size: int | None = None,
         pair: str = "teacher -> student",
+        mixing: str = "bernoulli",
+        hybrid_weight: float = 0.0,
+        kd_on: str | None = None,
     ):
         super().__init__(student, teacher)
+        if mixing not in MIXINGS:
+            raise ValueError(f"mixing: {mixing!r} is not one of {', '.join(MIXINGS)}")
+        if kd_on not in (*KD_TARGETS, None):
+            raise ValueError(f"kd_on: {kd_on!r} is not one of {', '.join(KD_TARGETS)} or None")
+        if hybrid_weight < 0:
+            raise ValueError(f"hybrid_weight: {hybrid_weight} must be >= 0")
         self.hybrid = HybridNet(student, teacher, granularity, teacher_bn=teacher_bn, input_size=input_size, pair=pair)
         self.ce_weight, self.kd_weight, self.temperature = ce_weight, kd_weight, temperature
+        self.mixing, self.hybrid_weight = mixing, hybrid_weight
+        self.kd_on = kd_on or ("student" if hybrid_weight > 0 else "hybrid")
         self.swap_generator = torch.Generator().manual_seed(swap_seed)
-        self.swap_prob: float | Sequence[float] = 0.0
+        # blend's weights live on the device (a captured step reads them there); not part of the state
+        self.register_buffer("blend_weights", torch.zeros(self.hybrid.num_units), persistent=False)
+        self._swap_prob: float | Sequence[float] = 0.0
         self.last_swap: tuple[bool, ...] = (False,) * self.hybrid.num_units
 
     @property
     def num_units(self) -> int:
         return self.hybrid.num_units
 
+    @property
+    def swap_prob(self) -> float | Sequence[float]:
+        return self._swap_prob
+
+    @swap_prob.setter
+    def swap_prob(self, prob: float | Sequence[float]) -> None:
+        self._swap_prob = prob
+        if self.mixing == "blend":
+            self.blend_weights.copy_(torch.as_tensor(prob, dtype=torch.float32).expand(self.num_units))
+
     def draw_swap(self) -> tuple[bool, ...]:
-        return self.hybrid.draw_swap(self.swap_prob, self.swap_generator)
+        if self.mixing == "blend":  # no draw: every unit with a weight above 0 blends
+            return tuple(bool(p > 0) for p in torch.as_tensor(self._swap_prob, dtype=torch.float64).expand(
+                self.num_units).tolist())
+        return self.hybrid.draw_swap(self._swap_prob, self.swap_generator)
 
     def forward_train(self, image, target, swap=None):
         self.last_swap = self.draw_swap() if swap is None else tuple(swap)
-        logits = self.hybrid(image, self.last_swap)
-        losses = {"loss_ce": self.ce_weight * F.cross_entropy(logits, target)}
+        hybrid = any(self.last_swap)  # a mask that swaps nothing is the pure student
+        logits = {"hybrid": self.hybrid(image, self.last_swap, self.blend_weights if self.mixing == "blend" else None)}
+        if not hybrid:
+            logits["student"] = logits["hybrid"]
+        main = "student" if self.hybrid_weight > 0 else "hybrid"
+        needed = {main} | ({self.kd_on} if self.kd_weight > 0 else set())
+        if "student" in needed and "student" not in logits:
+            logits["student"] = self.student(image)
+        losses = {"loss_ce": self.ce_weight * F.cross_entropy(logits[main], target)}
         if self.kd_weight > 0:
             with torch.no_grad():
                 logits_teacher = self.teacher(image)
-            losses["loss_kd"] = self.kd_weight * kd_loss(logits, logits_teacher, self.temperature)
-        return logits, losses
+            losses["loss_kd"] = self.kd_weight * kd_loss(logits[self.kd_on], logits_teacher, self.temperature)
+        if self.hybrid_weight > 0:
+            losses["loss_hybrid"] = (self.hybrid_weight * F.cross_entropy(logits["hybrid"], target) if hybrid
+                                     else logits["hybrid"].new_zeros(()))
+        return logits[main], losses
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return self.hybrid.trainable_parameters()
@@ -187,6 +233,11 @@ class IAKDKD(IAKD):
 
 
 METHODS: dict[str, type[Method]] = {"ce": CE, "kd": KD, "iakd": IAKD, "iakd+kd": IAKDKD}
+
+
+def swap_methods() -> frozenset[str]:
+    """The names of the methods that train inside the hybrid (the ones the swap levers apply to)."""
+    return frozenset(name for name, cls in METHODS.items() if cls.uses_swap)
 
 
 def kd_methods() -> frozenset[str]:
@@ -207,13 +258,15 @@ def build(
     swap_seed: int = 0,
     input_size: int | None = None,
     pair: str = "teacher -> student",
+    **levers: object,
 ) -> Method:
     """Build a method by name; unset weights take the method's defaults (kd: 0.1 / 0.9, iakd+kd: 1 / 0.9).
     ``teacher_bn`` is how swapped-in teacher units normalise (``iakd.hybrid.TEACHER_BN_MODES``; methods that do
     not swap ignore it).
 
     A method without a KD term refuses a positive ``kd_weight``, and one with a KD term refuses 0: the name
-    always says what is trained.
+    always says what is trained. ``levers`` (``mixing``, ``hybrid_weight``, ``kd_on``) go to the methods that swap
+    (:class:`IAKD`); a method that does not swap refuses them.
     """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
@@ -224,6 +277,8 @@ def build(
     if (kd_weight > 0) != cls.has_kd_term:
         raise ValueError(f"method {name!r} with kd_weight {kd_weight}: "
                          + ("it has no KD term" if not cls.has_kd_term else "its KD term needs kd_weight > 0"))
+    if levers and not cls.uses_swap:
+        raise ValueError(f"method {name!r} does not swap: {', '.join(sorted(levers))} do not apply")
     return cls(student, teacher if cls.uses_teacher else None, granularity=granularity, teacher_bn=teacher_bn,
                ce_weight=cls.default_ce_weight if ce_weight is None else ce_weight, kd_weight=kd_weight,
-               temperature=temperature, swap_seed=swap_seed, input_size=input_size, pair=pair)
+               temperature=temperature, swap_seed=swap_seed, input_size=input_size, pair=pair, **levers)

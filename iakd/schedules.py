@@ -1,16 +1,17 @@
 """Swap-probability schedules p(t): the chance that a student unit is replaced by its teacher unit.
 
-t is training progress in [0, 1], counted in steps. Every family starts at ``p0`` and is 0 from ``t_end`` on,
-after which the student trains alone:
+t is training progress in [0, 1], counted in steps. Every family starts at ``p0`` at ``t_start`` (0 by default:
+before it, a warm-up in which the student trains alone) and is 0 from ``t_end`` on, after which the student trains
+alone again; u = (t - t_start) / (t_end - t_start) is the progress through the swapping phase:
 
 - ``constant``:    p0 until t_end.
 - ``linear``:      p0 -> 0 linearly at t_end (Theseus's curriculum: p0 = 1 - b, t_end = (1 - b) / k).
 - ``cosine``:      half a cosine from p0 to 0 at t_end.
-- ``exponential``: p0 * (exp(-rate u) - exp(-rate)) / (1 - exp(-rate)), u = t / t_end; larger ``rate`` drops faster.
-- ``step``:        p0 halved every ``interval`` of progress, until t_end.
+- ``exponential``: p0 * (exp(-rate u) - exp(-rate)) / (1 - exp(-rate)); larger ``rate`` drops faster.
+- ``step``:        p0 halved every ``interval`` of progress after t_start, until t_end.
 
 A depth ``profile`` scales p per unit: ``uniform`` (all p), ``shallow-first`` (unit i of n gets p (n - i) / n),
-``deep-first`` (p (i + 1) / n). All families are non-increasing in t and every value lies in [0, 1].
+``deep-first`` (p (i + 1) / n). All families are non-increasing in t after t_start and every value lies in [0, 1].
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ FAMILIES: dict[str, dict[str, float]] = {
 }
 PROFILES: tuple[str, ...] = ("uniform", "shallow-first", "deep-first")
 _REQUIRED = ("family", "p0", "t_end")
+OPTIONAL: dict[str, object] = {"profile": "uniform", "t_start": 0.0}  # keys every family takes, with their defaults
 
 
 @dataclass(frozen=True)
@@ -44,13 +46,18 @@ class SwapSchedule:
     profile: str = "uniform"
     rate: float = 5.0
     interval: float = 0.25
+    t_start: float = 0.0
+
+    def ended(self, t: float) -> bool:
+        """True when p is 0 from progress t on: the student trains alone for the rest of the run (the handover)."""
+        return t >= self.t_end or self.p0 == 0.0
 
     def __call__(self, t: float) -> float:
         """The swap probability at progress t (clamped into [0, 1]), before the depth profile."""
         t = min(max(float(t), 0.0), 1.0)
-        if t >= self.t_end:
+        if t >= self.t_end or t < self.t_start:
             return 0.0
-        u = t / self.t_end
+        u = (t - self.t_start) / (self.t_end - self.t_start)
         if self.family == "constant":
             return self.p0
         if self.family == "linear":
@@ -60,7 +67,7 @@ class SwapSchedule:
         if self.family == "exponential":
             floor = math.exp(-self.rate)
             return self.p0 * (math.exp(-self.rate * u) - floor) / (1.0 - floor)
-        return self.p0 * 0.5 ** math.floor(t / self.interval + 1e-9)  # step
+        return self.p0 * 0.5 ** math.floor((t - self.t_start) / self.interval + 1e-9)  # step
 
     def unit_probs(self, t: float, num_units: int) -> list[float]:
         """Per-unit probabilities at progress t: p(t) scaled by the depth profile."""
@@ -93,7 +100,7 @@ def build(spec: Mapping[str, Any], *, prefix: str = "schedule") -> SwapSchedule:
     family = spec["family"]
     if family not in FAMILIES:
         raise ConfigError(f"{prefix}.family: {family!r} is unknown; known: {', '.join(FAMILIES)}")
-    allowed = {*_REQUIRED, "profile", *FAMILIES[family]}
+    allowed = {*_REQUIRED, *OPTIONAL, *FAMILIES[family]}
     for key in spec:
         if key not in allowed:
             raise ConfigError(
@@ -104,6 +111,10 @@ def build(spec: Mapping[str, Any], *, prefix: str = "schedule") -> SwapSchedule:
     t_end = _number(spec, "t_end", prefix)
     if not 0.0 < t_end <= 1.0:
         raise ConfigError(f"{prefix}.t_end: {t_end} is outside (0, 1]")
+    t_start = _number(spec, "t_start", prefix) if "t_start" in spec else 0.0
+    if not 0.0 <= t_start < t_end:
+        raise ConfigError(f"{prefix}.t_start: {t_start} is outside [0, t_end) = [0, {t_end}): swapping must start "
+                          "before it ends")
     profile = spec.get("profile", "uniform")
     if profile not in PROFILES:
         raise ConfigError(f"{prefix}.profile: {profile!r} is unknown; known: {', '.join(PROFILES)}")
@@ -112,4 +123,4 @@ def build(spec: Mapping[str, Any], *, prefix: str = "schedule") -> SwapSchedule:
         raise ConfigError(f"{prefix}.rate: {extras['rate']} must be > 0")
     if not 0.0 < extras.get("interval", 0.5) <= 1.0:
         raise ConfigError(f"{prefix}.interval: {extras['interval']} is outside (0, 1]")
-    return SwapSchedule(family, p0, t_end, profile, **extras)
+    return SwapSchedule(family, p0, t_end, profile, t_start=t_start, **extras)

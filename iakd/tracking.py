@@ -48,6 +48,7 @@ except ImportError:  # Windows
 
 __all__ = [
     "CANDIDATE_TAG",
+    "baseline_label",
     "OPEN_STATUSES",
     "ROLE_TAG",
     "SWEEP_TAG",
@@ -86,6 +87,13 @@ SWEEP_TAG = "iakd.sweep"  # on the parent run: the experiment it sweeps
 ROLE_TAG = "iakd.role"  # sweep, search, baseline or confirm
 TRIAL_TAG = "iakd.trial_id"  # a child run's Tune trial id: the one link between a trial and its run
 CANDIDATE_TAG = "iakd.candidate"  # the configuration a confirmation (or reused baseline) run stands for
+
+
+def baseline_label(method: str, init: str | None = "scratch") -> str:
+    """A baseline's name in a sweep (its candidate tag): the method (``kd``), with ``+teacher-init`` when its
+    student starts from the teacher's weights (``student.init: teacher``), so that each initialisation has its
+    own baselines and a configuration is compared with the ones that share its start."""
+    return method if init in (None, "scratch") else f"{method}+{init}-init"
 
 # The MLflow UI (3.x) opens an experiment without this tag as a GenAI one (a traces page); ours are training runs.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"

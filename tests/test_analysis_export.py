@@ -220,6 +220,9 @@ def expected_row(spec: RunSpec, run_id: str, parent: str) -> dict[str, Any]:
         "profile": spec.schedule.get("profile", "uniform") if swaps else None,
         "granularity": spec.granularity if swaps else None,
         "teacher_bn": "frozen" if swaps else None,  # not logged by these runs: the default
+        # the levers, not logged by these runs either: today's IAKD
+        "init": "scratch", "t_start": 0.0 if swaps else None, "mixing": "bernoulli" if swaps else None,
+        "hybrid_weight": 0.0 if swaps else None, "kd_on": "hybrid" if spec.method == "iakd+kd" else None,
         # the swapping runs log p = 0.5 at every epoch (never handed over); the others are judged from epoch 1
         "judged_from_epoch": None if swaps or not spec.val else 1,
         "seed": spec.seed, "best_val_acc": max(finite) if finite else -math.inf, "last_val_acc": spec.val[-1],
@@ -256,11 +259,20 @@ def test_runs_parquet_has_the_declared_schema(written):
     assert runs.column_names == [
         "run_id", "parent_run_id", "run_name", "status", "outcome", "stopped_early", "role", "candidate", "method",
         "teacher", "student", "dataset", "schedule_family", "p0", "t_end", "rate", "interval", "profile",
-        "granularity", "kd_weight", "seed", "teacher_bn", "best_val_acc", "judged_from_epoch", "last_val_acc",
-        "last_test_acc", "epochs", "train_seconds", "images_seen"]
+        "granularity", "kd_weight", "seed", "teacher_bn", "init", "t_start", "mixing", "hybrid_weight", "kd_on",
+        "best_val_acc", "judged_from_epoch", "last_val_acc", "last_test_acc", "epochs", "train_seconds",
+        "images_seen"]
     types = {f.name: f.type for f in runs.schema}
     assert types["stopped_early"] == pa.bool_() and types["seed"] == pa.int64() and types["epochs"] == pa.int64()
     assert types["images_seen"] == pa.int64() and types["p0"] == pa.float64() and types["granularity"] == pa.string()
+    # runs logged before the levers existed (no student.init, method.mixing... params) read as today's IAKD
+    rows = runs.to_pylist()
+    assert {r["init"] for r in rows} == {"scratch"}
+    swapping = [r for r in rows if r["method"] in ("iakd", "iakd+kd")]
+    assert swapping and all(r["mixing"] == "bernoulli" and r["hybrid_weight"] == 0.0 and r["t_start"] == 0.0
+                            for r in swapping)
+    assert all(r["mixing"] is None and r["kd_on"] is None for r in rows if r["method"] in ("ce", "kd"))
+    assert all(r["kd_on"] == "hybrid" for r in rows if r["method"] == "iakd+kd")
 
 
 def test_runs_parquet_has_one_row_per_child_of_the_newest_parent_in_start_order(built, written):

@@ -58,7 +58,7 @@ RUNS_SCHEMA = pa.schema([
     pa.field("outcome", pa.string(), nullable=False),  # one of OUTCOMES (or an unknown status tag, as it is)
     pa.field("stopped_early", pa.bool_(), nullable=False),
     pa.field("role", pa.string()),  # search, baseline, confirm
-    pa.field("candidate", pa.string()),  # confirm runs: the configuration confirmed ("kd", "ce" for baselines)
+    pa.field("candidate", pa.string()),  # the configuration confirmed (baselines: tracking.baseline_label)
     pa.field("method", pa.string()),
     pa.field("teacher", pa.string()),
     pa.field("student", pa.string()),
@@ -73,6 +73,11 @@ RUNS_SCHEMA = pa.schema([
     pa.field("kd_weight", pa.float64()),  # effective weight: a logged "None" is the method's default
     pa.field("seed", pa.int64()),
     pa.field("teacher_bn", pa.string()),  # how swapped-in teacher units normalise; null unless the method swaps
+    pa.field("init", pa.string()),  # the student's initialisation: scratch or teacher (student.init)
+    pa.field("t_start", pa.float64()),  # progress at which swapping starts (0: no warm-up); null unless it swaps
+    pa.field("mixing", pa.string()),  # bernoulli or blend; null unless the method swaps
+    pa.field("hybrid_weight", pa.float64()),  # the auxiliary hybrid path's weight (0: none); null unless it swaps
+    pa.field("kd_on", pa.string()),  # the logits the KD term acts on (hybrid, student); null without one
     pa.field("best_val_acc", pa.float64()),  # %, best of the judged epochs (after the handover: engine.judged_epochs)
     pa.field("judged_from_epoch", pa.int64()),  # first judged epoch (evaluated, p = 0); null: never handed over
     pa.field("last_val_acc", pa.float64()),  # %, last epoch run
@@ -85,7 +90,7 @@ RUNS_SCHEMA = pa.schema([
 # The per-epoch metrics the engine logs with step = epoch; each becomes a float64 column of ``epochs``.
 EPOCH_METRICS: tuple[str, ...] = (
     "train_loss", "loss_ce", "loss_kd", "train_acc", "val_acc", "val_acc_running_bn", "test_acc", "lr", "swap_prob",
-    "swap_rate",
+    "swap_rate", "handed_over", "loss_hybrid",
     "epoch_seconds", "images_per_second", "images_seen", "train_seconds",
 )
 EPOCHS_SCHEMA = pa.schema([
@@ -232,6 +237,8 @@ def _run_row(run: Run, parent_run_id: str, epoch_rows: list[dict[str, Any]]) -> 
     if kd_weight is None and registered is not None and registered.uses_teacher:
         kd_weight = registered.default_kd_weight  # a logged "None" is the method's default; ce has no teacher
     last = epoch_rows[-1] if epoch_rows else {}
+    hybrid_weight = (_param_float(params, "method.hybrid_weight") or 0.0) if swaps else None
+    kd_on = params.get("method.kd_on")
 
     def extra(key: str) -> float | None:  # a family's own key: logged, or the family's default
         if not swaps or key not in FAMILIES.get(family or "", {}):
@@ -271,6 +278,12 @@ def _run_row(run: Run, parent_run_id: str, epoch_rows: list[dict[str, Any]]) -> 
         "kd_weight": kd_weight,
         "seed": _param_int(params, "seed"),
         "teacher_bn": params.get("method.teacher_bn", "frozen") if swaps else None,
+        "init": params.get("student.init", "scratch"),
+        "t_start": (_param_float(params, "schedule.t_start") or 0.0) if swaps else None,
+        "mixing": params.get("method.mixing", "bernoulli") if swaps else None,
+        "hybrid_weight": hybrid_weight,
+        "kd_on": (kd_on if kd_on in ("hybrid", "student") else "student" if hybrid_weight else "hybrid")
+        if swaps and registered.has_kd_term else None,
         "best_val_acc": final("best_val_acc", best["val_acc"] if best is not None else None),
         "judged_from_epoch": judged[0]["epoch"] if judged and handed_over(judged[0]) else None,
         "last_val_acc": final("last_val_acc", last.get("val_acc")),

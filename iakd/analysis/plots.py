@@ -127,16 +127,23 @@ def _present(value: Any) -> bool:
 def config_label(row: pd.Series | dict[str, Any]) -> str:
     """A configuration in one line: ``"linear p0=0.50 t_end=0.80, gran. stage, uniform"``, with ``+KD 0.90``
     for IAKD+KD; a baseline's name for a method that does not swap (no schedule family in the runs table)."""
+    teacher_init = ", teacher init" if row.get("init") == "teacher" else ""
     if not _present(row.get("schedule_family")):
-        return _baseline_name(row["method"])
+        return _baseline_name(row["method"]) + teacher_init
     parts = [f"{row['schedule_family']} p0={_fmt(row['p0'])} t_end={_fmt(row['t_end'])}"]
+    if _present(row.get("t_start")) and float(row["t_start"]) > 0:
+        parts[0] += f" t_start={_fmt(row['t_start'])}"
     for key in ("rate", "interval"):
         if _present(row.get(key)):
             parts[0] += f" {key}={_fmt(row[key])}"
     parts += [f"gran. {row['granularity']}", str(row["profile"])]
     if _has_kd_term(row):
-        parts.append(f"+KD {_fmt(row['kd_weight'])}")
-    return ", ".join(parts)
+        parts.append(f"+KD {_fmt(row['kd_weight'])}" + (" on the student" if row.get("kd_on") == "student" else ""))
+    if row.get("mixing") == "blend":
+        parts.append("blend")
+    if _present(row.get("hybrid_weight")) and float(row["hybrid_weight"]) > 0:
+        parts.append(f"hybrid as aux. {_fmt(row['hybrid_weight'])}")
+    return ", ".join(parts) + teacher_init
 
 
 def _has_kd_term(row: pd.Series | dict[str, Any]) -> bool:
@@ -147,8 +154,11 @@ def _has_kd_term(row: pd.Series | dict[str, Any]) -> bool:
     return _present(weight) and float(weight) > 0
 
 
-def _baseline_name(method: str) -> str:
-    return _BASELINE_NAMES.get(method, str(method).upper())
+def _baseline_name(label: str) -> str:
+    """A baseline's display name from its method or its label (``kd+teacher-init``: "KD, teacher init")."""
+    method, _, init = str(label).partition("+")
+    name = _BASELINE_NAMES.get(method, method.upper())
+    return f"{name}, {init.removesuffix('-init')} init" if init else name
 
 
 def _baseline_methods(frame: pd.DataFrame) -> list[str]:
@@ -594,6 +604,7 @@ class Candidate:
     is_baseline: bool
     val: dict[int, float]  # seed -> best validation accuracy after the handover
     test: dict[int, float]  # seed -> last-epoch test accuracy
+    teacher_init: bool = False  # its student started from the teacher's weights (compared with KD from there)
 
 
 def confirmation_groups(runs: pd.DataFrame) -> list[Candidate]:
@@ -601,7 +612,8 @@ def confirmation_groups(runs: pd.DataFrame) -> list[Candidate]:
     the searched ones in the search's ranking (the winner, chosen on validation, first), then the baselines (KD,
     CE, others)."""
     return [Candidate(c.name, _baseline_name(c.name) if c.is_baseline else f"{c.name}: {config_label(c.row)}",
-                      c.is_baseline, c.val, c.test) for c in sweep_results(runs).confirmed]
+                      c.is_baseline, c.val, c.test, c.row.get("init") == "teacher")
+            for c in sweep_results(runs).confirmed]
 
 
 @_skippable
@@ -612,17 +624,20 @@ def plot_confirmation(runs: pd.DataFrame, path: str | Path) -> Path:
     groups = [c for c in confirmation_groups(runs) if c.test]
     if not groups:
         raise NoData("no usable confirmation run (role confirm)")
-    kd = next((c.test for c in groups if c.name == "kd"), None)
+    kd = next((c.test for c in groups if c.name == "kd"), None)  # the reference of a student from scratch
+    kd_init = next((c.test for c in groups if c.name == "kd+teacher-init"), None)
     ncols = 2 if kd is not None and len(groups) > 1 else 1
     fig, axes = _figure(width=13 if ncols == 2 else 9, height=1.6 + 0.75 * len(groups), ncols=ncols, sharey=True)
     axes = np.atleast_1d(axes)
     for y, candidate in enumerate(groups):
         interval = mean_interval(candidate.test.values())
-        color = _BASELINE_COLORS.get(candidate.name, "#1f77b4") if candidate.is_baseline else "#1f77b4"
+        color = (_BASELINE_COLORS.get(candidate.name.partition("+")[0], "#1f77b4") if candidate.is_baseline
+                 else "#1f77b4")
         axes[0].scatter(list(candidate.test.values()), [y] * len(candidate.test), s=14, color="0.6", zorder=2)
         _interval_point(axes[0], interval, y, color, f"{interval.format()} (n={interval.n})")
-        if ncols == 2 and candidate.name != "kd":
-            diff = paired_difference(candidate.test, kd)
+        reference = kd_init if candidate.teacher_init and kd_init is not None else kd  # the same start
+        if ncols == 2 and candidate.name != "kd" and reference is not candidate.test:
+            diff = paired_difference(candidate.test, reference)
             if diff.n:
                 _interval_point(axes[1], diff, y, color, f"{diff.format(signed=True)} (n={diff.n})")
         elif ncols == 2:
@@ -635,7 +650,7 @@ def plot_confirmation(runs: pd.DataFrame, path: str | Path) -> Path:
     axes[0].set_title("Confirmed configurations and baselines")
     if ncols == 2:
         axes[1].axvline(0.0, color="black", lw=1)
-        axes[1].set_xlabel("difference to KD in test accuracy (points), paired by seed")
+        axes[1].set_xlabel("difference to KD (from the same initialisation) in test accuracy (points), paired by seed")
         axes[1].set_title("Paired difference to KD")
         axes[1].margins(x=0.2)
     fig.suptitle("Confirmation on fresh seeds (grey dots: single seeds; order: the search's ranking on validation)")

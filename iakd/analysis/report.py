@@ -133,7 +133,7 @@ def _answer_section(runs: pd.DataFrame) -> list[str]:
               f"validation {_pct(best[plots.SCORE])} % (best judged epoch), test {_pct(best['last_test_acc'])} % "
               f"(last epoch), {best['epochs']} epochs{', stopped early' if best['stopped_early'] else ''}.", ""]
     for column, title in (("schedule_family", "schedule family"), ("granularity", "granularity"),
-                          ("profile", "depth profile")):
+                          ("profile", "depth profile"), ("init", "student initialisation"), ("mixing", "mixing")):
         ranked = _best_by(trials[trials[column].notna()], column)
         if not ranked:
             continue
@@ -155,11 +155,32 @@ def _top_section(runs: pd.DataFrame) -> list[str]:
         extra = ", ".join(f"{k}={_num(row[k])}" for k in ("rate", "interval") if _num(row[k]))
         rows.append((rank, f"`{row['run_name']}`", row["method"], row["schedule_family"], _num(row["p0"]),
                      _num(row["t_end"]), extra, row["profile"], row["granularity"], _num(row["kd_weight"]),
-                     row.get("teacher_bn"), _pct(row[plots.SCORE]), _judged(row), _pct(row["last_test_acc"]),
+                     row.get("teacher_bn"), _levers(row), _pct(row[plots.SCORE]), _judged(row),
+                     _pct(row["last_test_acc"]),
                      _num(row["epochs"]), "stopped early" if row["stopped_early"] else "finished"))
     return lines + _table(["#", "run", "method", "family", "p0", "t_end", "extra", "profile", "granularity",
-                           "KD weight", "teacher BN", "best val %", "judged epochs", "last test %", "epochs",
-                           "outcome"], rows)
+                           "KD weight", "teacher BN", "levers", "best val %", "judged epochs", "last test %",
+                           "epochs", "outcome"], rows)
+
+
+def _levers(row: pd.Series) -> str:
+    """The levers of swapping-in a trial used, where they differ from today's IAKD (docs/iakd-levers.md)."""
+    def positive(key: str) -> bool:
+        value = row.get(key)
+        return isinstance(value, (int, float)) and not math.isnan(value) and value > 0
+
+    parts = []
+    if row.get("init") == "teacher":
+        parts.append("teacher init")
+    if row.get("mixing") == "blend":
+        parts.append("blend")
+    if positive("hybrid_weight"):
+        parts.append(f"hybrid aux. {_num(row['hybrid_weight'])}")
+    if positive("t_start"):
+        parts.append(f"t_start {_num(row['t_start'])}")
+    if row.get("kd_on") == "student" and not positive("hybrid_weight"):
+        parts.append("KD on the student")
+    return ", ".join(parts) or "-"
 
 
 def _judged(row: pd.Series) -> str:
@@ -209,6 +230,8 @@ def _confirmation_section(runs: pd.DataFrame) -> list[str]:
               "re-trained on fresh seeds, beside the baselines on the same seeds; searched configurations are in "
               "the search's order. Differences are in percentage points, paired by seed, with 95 % intervals: an "
               "interval that excludes 0 is a difference the seeds support. " + left_out, ""]
+    lines += ["A configuration is compared with the baselines trained from its own initialisation (a student "
+              "initialised from the teacher with KD and CE initialised from the teacher too).", ""]
     lines += _table(["configuration", "seeds", "best val %", "last test %", "test − KD", "val − KD", "test − CE",
                      "val − CE"], rows)
     winner = answer.winner
@@ -216,7 +239,8 @@ def _confirmation_section(runs: pd.DataFrame) -> list[str]:
     if diff is not None:
         verdict = ("better than" if diff.low > 0 else "worse than" if diff.high < 0
                    else "not distinguishable from") if not math.isnan(diff.half_width) else "not yet comparable to"
-        lines += [f"The configuration the search chose on validation, **{winner['run_name']}**, is {verdict} KD "
+        lines += [f"The configuration the search chose on validation, **{winner['run_name']}**, is {verdict} "
+                  f"{'KD initialised from the teacher' if winner.get('init') == 'teacher' else 'KD'} "
                   f"on test accuracy over the confirmation's seeds (which played no part in choosing it): "
                   f"{_with_n(diff, signed=True)} points.", ""]
     return lines

@@ -22,6 +22,7 @@ import pandas as pd
 
 from iakd.analysis.export import exclusions, usable
 from iakd.analysis.stats import Interval, mean_interval, paired_difference
+from iakd.tracking import baseline_label
 
 __all__ = ["Confirmed", "SweepResults", "sweep_results", "search_ranking", "confirmation_runs", "SCORE"]
 
@@ -88,9 +89,16 @@ class SweepResults:
     def get(self, name: str) -> Confirmed | None:
         return next((c for c in self.confirmed if c.name == name), None)
 
+    def reference(self, name: str, method: str) -> str:
+        """The baseline ``method`` that ``name`` is compared with: the one trained from the same initialisation
+        (``kd`` for a student from scratch, ``kd+teacher-init`` for one initialised from the teacher)."""
+        c = self.get(name)
+        return baseline_label(method, _init(c.row) if c is not None else None)
+
     def difference(self, name: str, reference: str, column: str = "test") -> Interval | None:
-        """``name`` minus ``reference`` on ``column`` (test or val), paired by seed; None where either is missing."""
-        a, b = self.get(name), self.get(reference)
+        """``name`` minus ``reference`` on ``column`` (test or val), paired by seed; None where either is missing.
+        A baseline method as ``reference`` means that baseline under ``name``'s initialisation (:meth:`reference`)."""
+        a, b = self.get(name), self.get(self.reference(name, reference))
         if a is None or b is None or a is b:
             return None
         return paired_difference(getattr(a, column), getattr(b, column))
@@ -125,16 +133,24 @@ def sweep_results(runs: pd.DataFrame) -> SweepResults:
     confirmed = []
     for name, group in counted.groupby("candidate", sort=True):
         first = group.iloc[0].to_dict()
-        is_baseline = name == first["method"]  # a baseline's candidate is its method; a searched one's is not
+        # a baseline's candidate is its label (method and initialisation); a searched one's is its trial name
+        is_baseline = name == baseline_label(first["method"], _init(first))
         confirmed.append(Confirmed(str(name), is_baseline, first, _by_seed(group, SCORE),
                                    _by_seed(group, "last_test_acc")))
     searched = sorted((c for c in confirmed if not c.is_baseline),
                       key=lambda c: (order.get(c.name, len(order)), c.name))
     baselines = sorted((c for c in confirmed if c.is_baseline),
-                       key=lambda c: (_BASELINE_ORDER.index(c.name) if c.name in _BASELINE_ORDER else 99, c.name))
+                       key=lambda c: (_init(c.row) != "scratch", _BASELINE_ORDER.index(c.row["method"])
+                                      if c.row["method"] in _BASELINE_ORDER else 99, c.name))
     search = runs[runs["role"] == "search"]
     return SweepResults(ranking, searched + baselines, exclusions(everything) if not everything.empty else {},
                         exclusions(search) if not search.empty else {})
+
+
+def _init(row: dict[str, Any]) -> str:
+    """A run's student initialisation (``scratch`` where the table has none: runs from before the key)."""
+    init = row.get("init")
+    return init if isinstance(init, str) else "scratch"
 
 
 def _by_seed(group: pd.DataFrame, column: str) -> dict[int, float]:

@@ -16,7 +16,8 @@ from iakd.config import TrainConfig, apply_overrides, build_dataclass, from_dict
 from iakd.errors import ConfigError
 from iakd.methods import METHODS
 from iakd.models import blocks_per_stage
-from iakd.search.space import SearchSpace, build_space
+from iakd.search.space import Choice, Fixed, SearchSpace, build_space
+from iakd.transplant import transplant_plan
 from iakd.units import canonical_granularity, valid_granularities
 
 __all__ = ["SchedulerConfig", "BaselineConfig", "ConfirmConfig", "ResourceConfig", "ExperimentConfig", "Experiment",
@@ -169,6 +170,11 @@ def validate(values: Mapping[str, Any]) -> Experiment:
                           "confirmation needs fresh seeds (the search's seed favours the configurations it picked)")
     space = build_space(_canonical_granularities(cfg.space, base.student.arch, base.teacher.arch, pair),
                         valid_granularities=valid)
+    init = space.params.get("student.init")
+    inits = init.values if isinstance(init, Choice) else (init.value,) if isinstance(init, Fixed) else ()
+    if "teacher" in inits and not transplant_plan(base.student.arch, base.teacher.arch):
+        raise ConfigError(f"space.student.init: 'teacher' is impossible for {pair}: no part of the teacher has the "
+                          "student's shapes (stem, blocks and classifier all differ)")
     # Paths the trials read, made absolute now (trials run in their own folders, maybe on other nodes).
     base.data.dir = _absolute(base.data.dir)
     base.teacher.cache_dir = _absolute(base.teacher.cache_dir)

@@ -42,7 +42,7 @@ from iakd.search.trainable import (
     trial_name,
 )
 
-__all__ = ["run_search", "confirm_candidates", "sweep_answer"]
+__all__ = ["run_search", "confirm_candidates", "student_inits", "sweep_answer"]
 
 # A baseline trains with its method's standard loss weights and temperature (KD: 0.1 / 0.9 at T = 4), whatever the
 # base run sets for IAKD.
@@ -217,19 +217,22 @@ class _Stages:
         return _tuner(path, trainable, param_space, tune_config, run_config, self.resume).fit()
 
     def baselines(self) -> tuple[list[TrialSummary], bool]:
-        """CE and KD (or whichever baselines) on their seeds, each with its own standard hyperparameters."""
+        """CE and KD (or whichever baselines) on their seeds, each with its own standard hyperparameters, from
+        every student initialisation the searched trials may use (:func:`student_inits`)."""
         cfg = self.cfg
         if not cfg.baselines.methods:
             return [], False
+        inits = student_inits(self.experiment)
         grid = {"method.name": tune.grid_search(list(cfg.baselines.methods)),
-                "seed": tune.grid_search(list(cfg.baselines.seeds)), **BASELINE_WEIGHTS}
+                "seed": tune.grid_search(list(cfg.baselines.seeds)), **BASELINE_WEIGHTS,
+                "student.init": tune.grid_search(inits)}
         results = self._fit(_stage_paths(cfg)[0], "baseline", grid,
                             tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, max_concurrent_trials=cfg.max_concurrent,
                                             reuse_actors=REUSE_ACTORS, trial_name_creator=baseline_name,
                                             trial_dirname_creator=baseline_name),
                             f"{cfg.experiment}-baselines")
         summaries = _summaries(results, cfg.metric, cfg.mode, _run_ids(self.uri, self.parent))
-        return summaries, _unfinished(results, len(cfg.baselines.methods) * len(cfg.baselines.seeds))
+        return summaries, _unfinished(results, len(cfg.baselines.methods) * len(cfg.baselines.seeds) * len(inits))
 
     def search(self) -> tuple[list[TrialSummary], bool]:
         """The searched trials: Optuna's TPE through OptunaSearch, cut short by ASHA only after the handover."""
@@ -269,7 +272,8 @@ class _Stages:
         if cfg.confirm.top_k == 0 or not ranked:
             return False
         reuse = set(cfg.confirm.seeds) <= set(cfg.baselines.seeds)
-        candidates = confirm_candidates(ranked, cfg.confirm.top_k, [] if reuse else cfg.baselines.methods)
+        candidates = confirm_candidates(ranked, cfg.confirm.top_k, [] if reuse else cfg.baselines.methods,
+                                        student_inits(self.experiment))
         grid = {CANDIDATE_KEY: tune.grid_search(list(candidates)), "seed": tune.grid_search(list(cfg.confirm.seeds))}
         results = self._fit(_stage_paths(cfg)[2], "confirm", grid,
                             tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, max_concurrent_trials=cfg.max_concurrent,
@@ -325,13 +329,25 @@ def _run_ids(tracking_uri: str, parent_run_id: str) -> dict[str, str]:
             if TRIAL_TAG in r.data.tags}
 
 
-def confirm_candidates(ranked: list[TrialSummary], top_k: int, baselines: list[str]) -> dict[str, dict[str, Any]]:
+def confirm_candidates(ranked: list[TrialSummary], top_k: int, baselines: list[str],
+                       inits: list[str] = ("scratch",)) -> dict[str, dict[str, Any]]:  # type: ignore[assignment]
     """Label -> dotted overrides of what the confirmation re-trains: the first ``top_k`` searched trials of the
-    search's ranking (on validation), then each baseline method the baseline stage did not already train on the
-    confirmation's seeds."""
+    search's ranking (on validation), then each baseline method, from each initialisation in ``inits``, that the
+    baseline stage did not already train on the confirmation's seeds (labelled by ``tracking.baseline_label``)."""
     candidates = {t.name: dict(t.overrides) for t in ranked[:top_k]}
-    candidates.update({method: {"method.name": method, **BASELINE_WEIGHTS} for method in baselines})
+    candidates.update({tracking.baseline_label(method, init): {"method.name": method, **BASELINE_WEIGHTS,
+                                                                "student.init": init}
+                       for method in baselines for init in inits})
     return candidates
+
+
+def student_inits(experiment: Experiment) -> list[str]:
+    """The student initialisations a searched trial may use (``student.init`` of the space, or of the run config):
+    the baselines are trained from each, so that every configuration meets CE and KD from its own start."""
+    spec = experiment.space.params.get("student.init")
+    if isinstance(spec, Choice):
+        return list(dict.fromkeys(spec.values))
+    return [spec.value if isinstance(spec, Fixed) else experiment.base.student.init]
 
 
 def _analyse(tracking_uri: str, parent: str, log: Callable[[str], None]) -> str:

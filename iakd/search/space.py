@@ -33,7 +33,7 @@ import optuna
 from iakd import schedules
 from iakd.config import TrainConfig, apply_overrides, from_dict
 from iakd.errors import ConfigError
-from iakd.methods import kd_methods
+from iakd.methods import kd_methods, swap_methods
 from iakd.schedules import FAMILIES
 from iakd.units import parse_granularity
 
@@ -47,6 +47,9 @@ CONDITIONS: dict[str, tuple[str, frozenset[Any]]] = {
         for extra in sorted({k for keys in FAMILIES.values() for k in keys})
     },
     "method.kd_weight": ("method.name", kd_methods()),  # the methods whose loss has a KD term
+    # the levers of swapping-in: only for the methods that swap (kd_on: those with a KD term too)
+    **{f"method.{lever}": ("method.name", swap_methods()) for lever in ("mixing", "hybrid_weight")},
+    "method.kd_on": ("method.name", kd_methods() & swap_methods()),
 }
 
 
@@ -173,7 +176,8 @@ def _config_key_types() -> dict[str, Any]:
             keys.update({f"{f.name}.{g.name}": sub[g.name] for g in dataclasses.fields(tp)})
         elif f.name != "schedule":
             keys[f.name] = tp
-    keys.update({"schedule.family": str, "schedule.p0": float, "schedule.t_end": float, "schedule.profile": str})
+    keys.update({"schedule.family": str, "schedule.p0": float, "schedule.t_end": float, "schedule.profile": str,
+                 "schedule.t_start": float})
     keys.update({key: float for key in CONDITIONS if key.startswith("schedule.")})
     return keys
 

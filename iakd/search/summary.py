@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from iakd.analysis.results import SweepResults
+from iakd.tracking import baseline_label
 
 __all__ = ["TrialSummary", "SearchSummary", "format_summary", "format_value"]
 
@@ -58,17 +59,19 @@ def format_summary(summary: SearchSummary) -> str:
         lines.append(f"Best trial {b.name} (MLflow run {b.run_id}):")
         lines += [f"    {k} = {format_value(v)}" for k, v in sorted(b.overrides.items())]
     rows = ([("best IAKD", summary.best)] if summary.best else []) + [
-        (f"{t.overrides.get('method.name')} (seed {t.overrides.get('seed')})", t) for t in summary.baselines]
+        (f"{baseline_label(t.overrides.get('method.name'), t.overrides.get('student.init'))} "
+         f"(seed {t.overrides.get('seed')})", t) for t in summary.baselines]
     if rows:
         best = f"best {summary.metric}"
         width = max(10, len(best))
-        lines.append(f"    {'':<18} {best:>{width}} {'last test_acc':>13} {'epochs':>6}")
-        lines += [f"    {label:<18} {t.score:>{width}.2f} {t.last_test_acc:>13.2f} {t.epochs:>6}" for label, t in rows]
+        lines.append(f"    {'':<26} {best:>{width}} {'last test_acc':>13} {'epochs':>6}")
+        lines += [f"    {label:<26} {t.score:>{width}.2f} {t.last_test_acc:>13.2f} {t.epochs:>6}" for label, t in rows]
     answer = summary.answer
     if answer is not None and (answer.confirmed or answer.left_out):
         seeds = sorted({s for c in answer.confirmed for s in c.seeds})
         lines.append(f"Confirmed on seeds {', '.join(map(str, seeds))} (mean ± 95 % interval; the configuration was "
                      f"chosen on {summary.metric} in the search, test_acc is the last epoch's, reported only):")
+        # a configuration meets the KD trained from its own initialisation (kd, or kd+teacher-init)
         lines.append(f"    {'':<28} {'best ' + summary.metric:>16} {'test_acc':>16} {'test_acc - kd':>16}")
         for c in answer.confirmed:
             vs_kd = answer.difference(c.name, "kd")

@@ -77,7 +77,7 @@ def _tags(cfg: TrainConfig, context: TrialContext, trial_id: str, config: dict[s
     if CANDIDATE_KEY in config:
         tags[tracking.CANDIDATE_TAG] = str(config[CANDIDATE_KEY])
     elif context.role == "baseline":  # a confirmation on the same seeds reuses it as its baseline
-        tags[tracking.CANDIDATE_TAG] = cfg.method.name
+        tags[tracking.CANDIDATE_TAG] = tracking.baseline_label(cfg.method.name, cfg.student.init)
     if context.teacher_warning:
         tags["teacher_warning"] = context.teacher_warning
     return tags
