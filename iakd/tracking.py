@@ -90,10 +90,11 @@ CANDIDATE_TAG = "iakd.candidate"  # the configuration a confirmation (or reused 
 
 
 def baseline_label(method: str, init: str | None = "scratch") -> str:
-    """A baseline's name in a sweep (its candidate tag): the method (``kd``), with ``+teacher-init`` when its
+    """A baseline's name in a sweep (its candidate tag): the method (``kd``), with ``.teacher-init`` when its
     student starts from the teacher's weights (``student.init: teacher``), so that each initialisation has its
     own baselines and a configuration is compared with the ones that share its start."""
-    return method if init in (None, "scratch") else f"{method}+{init}-init"
+    # a dot, not a plus: the label is part of MLflow metric names (confirm_<label>_test_acc_mean) and folder names
+    return method if init in (None, "scratch") else f"{method}.{init}-init"
 
 # The MLflow UI (3.x) opens an experiment without this tag as a GenAI one (a traces page); ours are training runs.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"

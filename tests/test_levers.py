@@ -197,8 +197,8 @@ def test_warm_up_epochs_are_not_judged():
 def test_the_confirmation_trains_the_baselines_from_each_initialisation():
     best = TrialSummary("search_1", {"student.init": "teacher", "method.name": "iakd"}, 90.0, 89.0, 10, None)
     candidates = confirm_candidates([best], 1, ["ce", "kd"], ["scratch", "teacher"])
-    assert list(candidates) == ["search_1", "ce", "ce+teacher-init", "kd", "kd+teacher-init"]
-    assert candidates["kd+teacher-init"]["student.init"] == "teacher"
+    assert list(candidates) == ["search_1", "ce", "ce.teacher-init", "kd", "kd.teacher-init"]
+    assert candidates["kd.teacher-init"]["student.init"] == "teacher"
     assert candidates["kd"]["method.name"] == "kd" and candidates["kd"]["student.init"] == "scratch"
 
 
@@ -211,8 +211,8 @@ def test_a_configuration_is_compared_with_kd_from_its_own_initialisation():
         confirmed("search_1", "iakd", "teacher", {1: 95.0, 2: 96.0}),
         confirmed("search_2", "iakd", "scratch", {1: 91.0, 2: 92.0}),
         confirmed("kd", "kd", "scratch", {1: 93.0, 2: 93.0}),
-        confirmed("kd+teacher-init", "kd", "teacher", {1: 94.0, 2: 97.0}),
+        confirmed("kd.teacher-init", "kd", "teacher", {1: 94.0, 2: 97.0}),
     ])
     assert answer.difference("search_1", "kd").mean == pytest.approx(0.0)  # 95 - 94, 96 - 97
     assert answer.difference("search_2", "kd").mean == pytest.approx(-1.5)
-    assert answer.difference("kd+teacher-init", "kd") is None  # a baseline is its own reference
+    assert answer.difference("kd.teacher-init", "kd") is None  # a baseline is its own reference

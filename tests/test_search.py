@@ -77,15 +77,16 @@ def test_every_trial_and_baseline_has_exactly_one_finished_child_run(sweep):
     summary, _, _, runs = sweep
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == summary.parent_run_id]
     roles = sorted(r.data.tags["iakd.role"] for r in children)
-    # ce and kd on the baseline seeds 1, 2, 3; the confirmation reuses them and trains the best trial on 1 and 2
-    assert roles == ["baseline"] * 6 + ["confirm"] * 2 + ["search"] * 3
+    # ce and kd on the baseline seeds 1, 2, 3, from both initialisations the space holds (student.init); the
+    # confirmation reuses them and trains the best trial on 1 and 2
+    assert roles == ["baseline"] * 12 + ["confirm"] * 2 + ["search"] * 3
     assert all(r.info.status == "FINISHED" for r in children)
     trial_ids = [r.data.tags["iakd.trial_id"] for r in children]
-    assert len(set(trial_ids)) == len(trial_ids) == 11
+    assert len(set(trial_ids)) == len(trial_ids) == 17
     searched = {r.info.run_name: r.info.run_id for r in children if r.data.tags["iakd.role"] == "search"}
     assert searched == {t.name: t.run_id for t in summary.trials}  # the summary finds each run by its trial id
-    assert sorted(r.data.tags["method"] for r in children if r.data.tags["iakd.role"] == "baseline") == [
-        "ce"] * 3 + ["kd"] * 3  # seeds 1, 2, 3
+    assert sorted(r.data.tags["iakd.candidate"] for r in children if r.data.tags["iakd.role"] == "baseline") == [
+        "ce"] * 3 + ["ce.teacher-init"] * 3 + ["kd"] * 3 + ["kd.teacher-init"] * 3  # seeds 1, 2, 3
 
 
 def test_the_best_trial_and_the_baselines_are_confirmed_once_on_each_fresh_seed(sweep):
@@ -102,12 +103,19 @@ def test_the_best_trial_and_the_baselines_are_confirmed_once_on_each_fresh_seed(
     reused = [r for r in runs if r.data.tags.get("iakd.role") == "baseline"]
     for run in reused:  # a baseline, with its own standard weights, named as the candidate it stands for
         params = run.data.params
-        assert run.data.tags["iakd.candidate"] == params["method.name"] and params["method.kd_weight"] == "None"
+        label = params["method.name"] + (".teacher-init" if params["student.init"] == "teacher" else "")
+        assert run.data.tags["iakd.candidate"] == label and params["method.kd_weight"] == "None"
+        assert params["method.mixing"] == "bernoulli" and params["method.hybrid_weight"] == "0.0"  # no lever
         assert params["method.temperature"] == "4.0"  # KD's standard T, whatever the base run sets
     groups = summary.answer.confirmed
-    assert [g.name for g in groups] == [best.name, "kd", "ce"]
+    assert [g.name for g in groups] == [best.name, "kd", "ce", "kd.teacher-init", "ce.teacher-init"]
     assert all(g.seeds == (1, 2) for g in groups)  # baseline seed 3 is not a confirmation seed
     assert "Confirmed on seeds 1, 2" in text and "test_acc - kd" in text
+    # the winner meets KD trained from its own initialisation
+    init = best.overrides["student.init"]
+    reference = summary.answer.get("kd" if init == "scratch" else "kd.teacher-init")
+    expected = [summary.answer.get(best.name).test[s] - reference.test[s] for s in (1, 2)]
+    assert summary.answer.difference(best.name, "kd").mean == pytest.approx(sum(expected) / 2)
 
 
 def test_the_optuna_study_holds_every_searched_trial_linked_to_its_tune_trial_and_mlflow_run(sweep):
@@ -173,8 +181,10 @@ def test_child_runs_hold_params_tags_and_per_epoch_histories(sweep):
         for key in ("val_acc", "test_acc"):
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == evaluated
         val = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_acc")}
-        swap = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "swap_prob")}
-        judged = [val[e] for e in sorted(val) if swap[e] == 0.0] or [val[max(val)]]  # after the handover only
+        # judged after the handover only: the epochs that began with the schedule ended (a warm-up has p = 0 too)
+        handed = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "handed_over")}
+        assert sorted(handed) == list(range(1, epochs + 1))
+        judged = [val[e] for e in sorted(val) if handed[e] == 1.0] or [val[max(val)]]
         assert run.data.metrics["best_val_acc"] == max(judged)
         assert "config.yaml" in [a.path for a in client.list_artifacts(run.info.run_id)]
 

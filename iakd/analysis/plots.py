@@ -155,8 +155,8 @@ def _has_kd_term(row: pd.Series | dict[str, Any]) -> bool:
 
 
 def _baseline_name(label: str) -> str:
-    """A baseline's display name from its method or its label (``kd+teacher-init``: "KD, teacher init")."""
-    method, _, init = str(label).partition("+")
+    """A baseline's display name from its method or its label (``kd.teacher-init``: "KD, teacher init")."""
+    method, _, init = str(label).partition(".")
     name = _BASELINE_NAMES.get(method, method.upper())
     return f"{name}, {init.removesuffix('-init')} init" if init else name
 
@@ -625,13 +625,13 @@ def plot_confirmation(runs: pd.DataFrame, path: str | Path) -> Path:
     if not groups:
         raise NoData("no usable confirmation run (role confirm)")
     kd = next((c.test for c in groups if c.name == "kd"), None)  # the reference of a student from scratch
-    kd_init = next((c.test for c in groups if c.name == "kd+teacher-init"), None)
+    kd_init = next((c.test for c in groups if c.name == "kd.teacher-init"), None)
     ncols = 2 if kd is not None and len(groups) > 1 else 1
     fig, axes = _figure(width=13 if ncols == 2 else 9, height=1.6 + 0.75 * len(groups), ncols=ncols, sharey=True)
     axes = np.atleast_1d(axes)
     for y, candidate in enumerate(groups):
         interval = mean_interval(candidate.test.values())
-        color = (_BASELINE_COLORS.get(candidate.name.partition("+")[0], "#1f77b4") if candidate.is_baseline
+        color = (_BASELINE_COLORS.get(candidate.name.partition(".")[0], "#1f77b4") if candidate.is_baseline
                  else "#1f77b4")
         axes[0].scatter(list(candidate.test.values()), [y] * len(candidate.test), s=14, color="0.6", zorder=2)
         _interval_point(axes[0], interval, y, color, f"{interval.format()} (n={interval.n})")

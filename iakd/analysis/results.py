@@ -91,7 +91,7 @@ class SweepResults:
 
     def reference(self, name: str, method: str) -> str:
         """The baseline ``method`` that ``name`` is compared with: the one trained from the same initialisation
-        (``kd`` for a student from scratch, ``kd+teacher-init`` for one initialised from the teacher)."""
+        (``kd`` for a student from scratch, ``kd.teacher-init`` for one initialised from the teacher)."""
         c = self.get(name)
         return baseline_label(method, _init(c.row) if c is not None else None)
 

@@ -71,7 +71,7 @@ def format_summary(summary: SearchSummary) -> str:
         seeds = sorted({s for c in answer.confirmed for s in c.seeds})
         lines.append(f"Confirmed on seeds {', '.join(map(str, seeds))} (mean ± 95 % interval; the configuration was "
                      f"chosen on {summary.metric} in the search, test_acc is the last epoch's, reported only):")
-        # a configuration meets the KD trained from its own initialisation (kd, or kd+teacher-init)
+        # a configuration meets the KD trained from its own initialisation (kd, or kd.teacher-init)
         lines.append(f"    {'':<28} {'best ' + summary.metric:>16} {'test_acc':>16} {'test_acc - kd':>16}")
         for c in answer.confirmed:
             vs_kd = answer.difference(c.name, "kd")
