@@ -73,7 +73,9 @@ def test_epoch_metrics_hold_every_documented_key(tmp_path, teacher_cache):
     metrics, checkpoint = seen[-1]
     assert set(metrics) == {"epoch", "train_loss", "loss_ce", "loss_kd", "train_acc", "val_acc", "test_acc", "lr",
                             "swap_prob", "swap_rate", "epoch_seconds", "images_per_second", "images_seen",
-                            "train_seconds", "val_acc_running_bn", "rms_ratio_u0", "rms_ratio_u1", "rms_ratio_u2"}
+                            "train_seconds", "val_acc_running_bn", "rms_ratio_u0", "rms_ratio_u1", "rms_ratio_u2",
+                            "handed_over"}
+    assert [m["handed_over"] for m, _ in seen] == [0.0, 0.0]  # p = 1 to the end: never handed over
     n = len(load_dataset("digits", image_size=8).train)
     assert [m["images_seen"] for m, _ in seen] == [n, 2 * n]
     assert seen[1][0]["train_seconds"] == pytest.approx(seen[0][0]["epoch_seconds"] + metrics["epoch_seconds"])
@@ -91,6 +93,8 @@ def test_swap_rate_follows_the_schedule(tmp_path, teacher_cache):
     rates = [h["swap_rate"] for h in result["history"]]
     probs = [h["swap_prob"] for h in result["history"]]
     assert probs[0] == pytest.approx(0.6, abs=0.05) and probs[2] == probs[3] == 0.0
+    # t_end = 0.5 of 4 epochs: epochs 3 and 4 begin with the schedule ended
+    assert [h["handed_over"] for h in result["history"]] == [0.0, 0.0, 1.0, 1.0]
     assert rates[0] > rates[1] > 0 and rates[2] == rates[3] == 0.0
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from iakd.analysis.stats import mean_interval, paired_difference
+from iakd.checkpoint import atomic_path, write_text_atomic
 from iakd.config import apply_overrides, from_dict
 
 __all__ = ["Condition", "run_config", "run", "summarise", "plot_summary", "plot_curves", "by_condition"]
@@ -130,7 +131,7 @@ def summarise(conditions: Mapping[str, Condition], rows: Sequence[dict[str, Any]
             f"{mean_interval([r['best_val_acc'] for r in runs.values()]).format(digits=2)} | "
             f"{running_bn(runs)} | {rms or '-'} | {'<br>'.join(diffs)} |")
     text = "\n".join(lines) + "\n"
-    (out / "summary.md").write_text(text)
+    write_text_atomic(out / "summary.md", text)
     return text
 
 
@@ -170,7 +171,8 @@ def plot_curves(conditions: Mapping[str, Condition], rows: Sequence[dict[str, An
     fig.supylabel("accuracy %")
     fig.tight_layout()
     path = out / "curves.png"
-    fig.savefig(path, dpi=90)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
     return path
 
@@ -204,6 +206,7 @@ def plot_summary(conditions: Mapping[str, Condition], rows: Sequence[dict[str, A
     ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
     path = out / "summary.png"
-    fig.savefig(path, dpi=90)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
     return path
