@@ -186,7 +186,7 @@ ATOMIC_OR_EXEMPT = {
     ("iakd/analysis/plots.py", "_save", ".savefig"),  # to checkpoint.atomic_path, then os.replace
     ("iakd/analysis/controlled.py", "run", "open(a)"),  # runs.jsonl: append-only, a whole line per finished run
     ("iakd/analysis/controlled.py", "plot_curves", ".savefig"),  # to checkpoint.atomic_path, then os.replace
-    ("iakd/analysis/controlled.py", "plot_summary", ".savefig"),  # to checkpoint.atomic_path, then os.replace  # runs.jsonl: append-only, a whole line per finished run
+    ("iakd/analysis/controlled.py", "plot_summary", ".savefig"),  # to checkpoint.atomic_path, then os.replace
 }
 
 
