@@ -34,7 +34,7 @@ def _overrides(tmp: Path, teachers: Path) -> list[str]:
             *EVERY_EPOCH,
             "run.teacher.epochs=1", "run.data.image_size=8", "run.teacher.arch=resnet20", "baselines.methods=[ce]",
             "run.data.train_size=null", "baselines.seeds=[0]", "confirm.top_k=1", "confirm.seeds=[1]", "analysis=false",
-            "run.evaluation.bn_images=128", f"run.teacher.cache_dir={teachers}",
+            "run.evaluation.bn_images=128", "space.student.init=null", f"run.teacher.cache_dir={teachers}",
             f"storage_path={tmp}/ray", f"tracking_uri=sqlite:///{tmp}/mlflow.db"]
 
 
