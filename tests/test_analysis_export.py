@@ -52,6 +52,7 @@ class RunSpec:
     candidate: str | None = None
     new_style: bool = True  # logs images_seen / train_seconds itself
     test: list[float] | None = None
+    init: str | None = None  # student.init, logged where given (runs from before the key have none)
     expected: dict[str, Any] = field(default_factory=dict)
 
     def tests(self) -> list[float]:
@@ -147,6 +148,8 @@ def _log(client: MlflowClient, experiment_id: str, parent: str, spec: RunSpec, s
     params = {"method.name": spec.method, "method.granularity": spec.granularity, "method.kd_weight": spec.kd_weight,
               "seed": str(spec.seed), "optim.epochs": "4", "teacher.arch": "resnet32", "student.arch": "resnet14",
               "data.name": "digits", **{f"schedule.{k}": str(v) for k, v in spec.schedule.items()}}
+    if spec.init is not None:
+        params["student.init"] = spec.init
     metrics: list[Metric] = []
     seconds = images = 0.0
     best = -math.inf

@@ -96,3 +96,36 @@ def test_each_place_says_how_many_runs_it_left_out(sweep):
     assert metrics["confirm_runs_left_out"] == 2.0
     assert "left out: 2 confirmation run(s) (1 diverged, 1 error)" in printed
     assert "**Left out: 2 confirmation runs** (1 diverged, 1 error)" in report
+
+
+def test_a_winner_initialised_from_the_teacher_meets_the_kd_trained_from_the_same_initialisation(tmp_path):
+    """Confirmation of a teacher-initialised winner beside KD from scratch and KD from the teacher: its difference
+    (summary, parent-run metrics) is to ``kd.teacher-init``, and the summary says so."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id = tracking.connect(uri, EXPERIMENT)
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.create_run(experiment_id, start_time=T0, run_name=f"sweep-{EXPERIMENT}",
+                               tags={"iakd.role": "sweep", "iakd.sweep": EXPERIMENT}).info.run_id
+    kd_init_test = {1: 96.0, 2: 92.5, 3: 95.0}
+    specs = [RunSpec("search_a", "search", "iakd", [70, 90], init="teacher")]
+    for seed in (1, 2, 3):
+        specs += [RunSpec(f"confirm_search_a_seed{seed}", "confirm", "iakd", [80, 90], seed=seed, candidate="search_a",
+                          test=[90, WINNER_TEST[seed]], init="teacher"),
+                  RunSpec(f"confirm_kd_seed{seed}", "confirm", "kd", [85, 90], seed=seed, candidate="kd",
+                          test=[90, KD_TEST[seed]], init="scratch"),
+                  RunSpec(f"confirm_kd.teacher-init_seed{seed}", "confirm", "kd", [85, 90], seed=seed,
+                          candidate="kd.teacher-init", test=[90, kd_init_test[seed]], init="teacher")]
+    for index, spec in enumerate(specs, start=1):
+        _log(client, experiment_id, parent, spec, T0 + 1000 * index)
+    client.set_terminated(parent, "FINISHED")
+    answer = sweep_answer(uri, parent)
+    expected = paired_difference(WINNER_TEST, kd_init_test)
+    assert expected != paired_difference(WINNER_TEST, KD_TEST)
+    assert answer.reference("search_a", "kd") == "kd.teacher-init"
+    assert answer.difference("search_a", "kd") == expected
+    assert answer.metrics()["confirm_search_a_test_acc_minus_kd"] == pytest.approx(expected.mean, abs=1e-12)
+    printed = format_summary(SearchSummary(EXPERIMENT, parent, uri, "val_acc", None, answer=answer,
+                                           experiment_id=experiment_id))
+    row = next(line for line in printed.splitlines() if line.strip().startswith("search_a"))
+    assert row.rstrip().endswith(expected.format(signed=True))
+    assert "against the KD trained from the same initialisation (search_a against kd.teacher-init)" in printed

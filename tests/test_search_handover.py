@@ -90,7 +90,8 @@ def sweep(tmp_path_factory):
             f"run.teacher.cache_dir={tmp}/teachers",
             "space.schedule.family=constant", "space.schedule.p0=1.0", "space.schedule.t_end=[0.25, 1.0]",
             "space.schedule.rate=null", "space.schedule.interval=null", "space.schedule.profile=uniform",
-            "space.method.name=iakd", "space.method.kd_weight=null", "space.method.teacher_bn=null", "space.method.kd_on=null",
+            "space.method.name=iakd", "space.method.kd_weight=null", "space.method.teacher_bn=null",
+            "space.method.kd_on=null",
             "space.optim.lr=[0.1, 0.0001]",
         ]
         summary = run_search(load_experiment(ROOT / "tune" / "configs" / "digits.yaml", overrides), verbose=0,

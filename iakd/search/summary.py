@@ -77,6 +77,11 @@ def format_summary(summary: SearchSummary) -> str:
             vs_kd = answer.difference(c.name, "kd")
             lines.append(f"    {c.name:<28} {c.val_interval.format():>16} {c.test_interval.format():>16} "
                          f"{vs_kd.format(signed=True) if vs_kd is not None else '':>16}")
+        others = [f"{c.name} against {answer.reference(c.name, 'kd')}" for c in answer.confirmed
+                  if not c.is_baseline and answer.reference(c.name, "kd") != "kd"]
+        if others:
+            lines.append(f"    test_acc - kd: against the KD trained from the same initialisation "
+                         f"({'; '.join(others)})")
         lines.append(f"    {_left_out(answer.left_out)}")
     uri = summary.tracking_uri
     # The runs table, not MLflow 3's GenAI overview (which the UI opens without workflowType).
