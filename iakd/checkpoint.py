@@ -40,6 +40,23 @@ def check_writable_folder(folder: str | Path, what: str) -> None:
                           f"{e.strerror or type(e).__name__})") from None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import (single-threaded): os.umask can only be read by setting it, which would race other threads.
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def publish(tmp: str | Path, path: str | Path) -> None:
+    """Rename the finished temporary file ``tmp`` to ``path`` with the permissions a plain ``open`` gives
+    (mkstemp makes its files private, 0600: a report or teacher file others cannot read)."""
+    os.chmod(tmp, _FILE_MODE)
+    os.replace(tmp, path)
+
+
 def _write_atomic(path: str | Path, write: Any) -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename: a crash never leaves half a file."""
     path = Path(path)
@@ -50,7 +67,7 @@ def _write_atomic(path: str | Path, write: Any) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -77,7 +94,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
 

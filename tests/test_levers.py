@@ -3,6 +3,8 @@ the door where it cannot apply, and met by the search's baselines from the same 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
@@ -10,7 +12,7 @@ import torch.nn.functional as F
 
 from iakd import methods, models, schedules
 from iakd.analysis.results import Confirmed, SweepResults
-from iakd.config import load_config
+from iakd.config import load_config, read_yaml
 from iakd.errors import ConfigError
 from iakd.hybrid import HybridNet
 from iakd.judging import judged_epochs
@@ -60,6 +62,37 @@ def test_transplant_copies_only_the_parts_whose_shapes_match():
     s, t = student.state_dict(), teacher.state_dict()
     assert torch.equal(s["conv1.weight"], t["conv1.weight"])
     assert all(torch.equal(before[k], s[k]) for k in s if k != "conv1.weight")
+
+
+def _blocks(*counts: int) -> tuple[str, ...]:
+    return tuple(f"stage {s} block {b}" for s, n in enumerate(counts, start=1) for b in range(1, n + 1))
+
+
+STEM, RESNET_STEM = ("conv1",), ("conv1", "bn1")
+SHIPPED_PLANS = {  # docs/iakd-levers.md, "What student.init: teacher copies, for each shipped pair"
+    "digits.yaml": RESNET_STEM + _blocks(1, 1, 1) + ("fc",),
+    "fashion_mnist.yaml": RESNET_STEM + _blocks(1, 1, 1) + ("fc",),
+    "digits_smoke.yaml": RESNET_STEM + _blocks(2, 2, 2) + ("fc",),
+    "cifar100_resnet56_resnet20.yaml": RESNET_STEM + _blocks(3, 3, 3) + ("fc",),
+    "cifar100_resnet110_resnet32.yaml": RESNET_STEM + _blocks(5, 5, 5) + ("fc",),
+    "cifar100_resnet32x4_resnet8x4.yaml": RESNET_STEM + _blocks(1, 1, 1) + ("fc",),
+    "cifar100_wrn_40_2_wrn_16_2.yaml": STEM + _blocks(2, 2, 2) + ("bn1", "fc"),
+    "cifar100_wrn_40_2_wrn_40_1.yaml": STEM,
+    "cifar100_vgg13_vgg8.yaml": _blocks(1, 1, 1, 1, 1) + ("classifier",),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_PLANS))
+def test_what_the_teacher_init_copies_for_each_shipped_pair(name):
+    path = Path(__file__).resolve().parents[1] / "tune" / "configs" / name
+    run = read_yaml(path)["run"]
+    classes = 100 if name.startswith("cifar100") else 10
+    assert transplant_plan(run["student"]["arch"], run["teacher"]["arch"], classes) == SHIPPED_PLANS[name]
+
+
+def test_every_shipped_search_config_is_in_the_table_of_copied_parts():
+    shipped = {p.name for p in (Path(__file__).resolve().parents[1] / "tune" / "configs").glob("*.yaml")}
+    assert shipped == set(SHIPPED_PLANS)
 
 
 def test_the_door_refuses_a_teacher_init_where_nothing_can_be_copied():

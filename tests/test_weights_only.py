@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import io
 import pathlib
+import stat
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from iakd.checkpoint import CHECKPOINT_FORMAT, load_file, save_atomic
 from iakd.config import load_config
 from iakd.engine import train
 from iakd.errors import ConfigError
+from iakd.search import storage
 from iakd.teachers import load_teacher
 
 IAKD = Path(__file__).resolve().parents[1] / "iakd"
@@ -149,6 +151,23 @@ def test_save_atomic_cleans_up_when_interrupted(tmp_path, monkeypatch):
         save_atomic({"epoch": 2}, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_atomic_writes_give_files_the_permissions_of_a_plain_open(tmp_path):
+    """mkstemp's temporary files are private (0600); the published file has what ``open`` would give it under
+    the process's umask, so a report, a table or a teacher file is as readable as any other output."""
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    expected = stat.S_IMODE(plain.stat().st_mode)
+    assert expected != 0o600  # the test's umask (022 or 002) makes the difference visible
+    checkpoint.save_atomic({"epoch": 1}, tmp_path / "a.pt")
+    checkpoint.write_text_atomic(tmp_path / "b.md", "report")
+    with checkpoint.atomic_path(tmp_path / "c.png") as tmp:
+        tmp.write_bytes(b"png")
+    checkpoint.copy_atomic(plain, tmp_path / "d.pth")
+    storage.download(str(plain), tmp_path / "cache" / "e.pth")
+    for name in ("a.pt", "b.md", "c.png", "d.pth", "cache/e.pth"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == expected, name
 
 
 def test_copy_atomic_keeps_the_old_file_when_the_copy_fails_midway(tmp_path, monkeypatch):

@@ -650,8 +650,8 @@ def plot_confirmation(runs: pd.DataFrame, path: str | Path) -> Path:
     axes[0].set_title("Confirmed configurations and baselines")
     if ncols == 2:
         axes[1].axvline(0.0, color="black", lw=1)
-        axes[1].set_xlabel("difference to KD (from the same initialisation) in test accuracy (points), paired by seed")
-        axes[1].set_title("Paired difference to KD")
+        axes[1].set_xlabel("test accuracy points, paired by seed")
+        axes[1].set_title("Difference to KD from the same initialisation")
         axes[1].margins(x=0.2)
     fig.suptitle("Confirmation on fresh seeds (grey dots: single seeds; order: the search's ranking on validation)")
     return _save(fig, path)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pyarrow.fs
 
+from iakd.checkpoint import publish
+
 __all__ = ["is_uri", "join", "exists", "upload", "download", "fetch"]
 
 
@@ -65,7 +67,7 @@ def download(location: str, local: str | Path) -> Path:
     os.close(handle)
     try:
         pyarrow.fs.copy_files(path, partial, source_filesystem=fs)
-        os.replace(partial, local)
+        publish(partial, local)
     finally:
         Path(partial).unlink(missing_ok=True)
     return local
