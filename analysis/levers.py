@@ -30,11 +30,17 @@ INIT = {"student.init": "teacher"}  # the stem, the first block of each stage an
 IAKD = {"method.name": "iakd"}
 IAKDKD = {"method.name": "iakd+kd"}
 KD_LOSS = {"method.ce_weight": 0.1}  # with kd_weight 0.9 (iakd+kd's default): KD's own loss, 0.1 CE + 0.9 KD
-WINNER = {**IAKDKD, **INIT, "method.kd_weight": 0.6278616413290748, "method.kd_on": "hybrid",
-          "method.mixing": "blend", "method.hybrid_weight": 1.0, "method.teacher_bn": "batch",
-          "schedule.family": "step", "schedule.p0": 0.15773274671390594, "schedule.t_end": 0.6662736374266898,
-          "schedule.interval": 0.10187819047701883, "schedule.t_start": 0.02348512768961042,
-          "schedule.profile": "uniform"}
+# The configurations the searches chose (README: tune/configs/digits.yaml and fashion_mnist.yaml, 2026-12-04)
+CHOICE = {**IAKDKD, "method.mixing": "blend", "method.hybrid_weight": 1.0, "method.kd_on": "hybrid",
+          "schedule.family": "step", "schedule.profile": "uniform"}
+CHOICES = {
+    "digits": {**CHOICE, "method.kd_weight": 0.8024762586578099, "method.teacher_bn": "frozen",
+               "schedule.p0": 0.4450973669431999, "schedule.t_end": 0.9479176468048627,
+               "schedule.interval": 0.15734131496361858, "schedule.t_start": 0.017759014549471736},
+    "fashion_mnist": {**CHOICE, **INIT, "method.kd_weight": 0.6278616413290748, "method.teacher_bn": "batch",
+                      "schedule.p0": 0.15773274671390594, "schedule.t_end": 0.6662736374266898,
+                      "schedule.interval": 0.10187819047701883, "schedule.t_start": 0.02348512768961042},
+}
 R14 = {"student.arch": "resnet14"}  # two blocks per stage under resnet20's three: granularities finer than a stage
 
 CONDITIONS: dict[str, Condition] = {
@@ -59,12 +65,14 @@ CONDITIONS: dict[str, Condition] = {
     "iakd+kd/aux0.5/teacher-init": Condition("... initialised from the teacher",
                                              {**IAKDKD, **KD_LOSS, "method.hybrid_weight": 0.5, **INIT},
                                              ("kd/teacher-init", "iakd+kd/aux0.5")),
-    # The configuration both searches chose (tune/configs/digits.yaml and fashion_mnist.yaml, 2026-12-04), and the
-    # same losses without swapping (p0 = 0: the hybrid is the student throughout): what the swaps add to it.
-    "winner": Condition("the searches' choice (IAKD+KD, blend, aux. path, teacher init)", WINNER,
-                        ("kd/teacher-init", "winner/no-swap")),
-    "winner/no-swap": Condition("... without swapping (p0 = 0)", {**WINNER, "schedule.p0": 0.0},
-                                ("kd/teacher-init",)),
+    # Each search's choice, and the same losses without swapping (p0 = 0: the hybrid is the student throughout,
+    # so the run is CE + kd_weight x KD on the student): what the swaps add to it.
+    **{f"choice/{name}": Condition(f"the {name} search's choice", over, (ref, f"choice/{name}/no-swap"))
+       for name, over, ref in (("digits", CHOICES["digits"], "kd"),
+                               ("fashion_mnist", CHOICES["fashion_mnist"], "kd/teacher-init"))},
+    **{f"choice/{name}/no-swap": Condition("... without swapping (p0 = 0)", {**over, "schedule.p0": 0.0}, (ref,))
+       for name, over, ref in (("digits", CHOICES["digits"], "kd"),
+                               ("fashion_mnist", CHOICES["fashion_mnist"], "kd/teacher-init"))},
     "r14/ce": Condition("resnet14 student: baseline", {**R14, "method.name": "ce"}),
     "r14/kd": Condition("resnet14 student: baseline", {**R14, "method.name": "kd"}, ("r14/ce",)),
     "r14/iakd": Condition("resnet14 student: IAKD by stage (3 units)", {**R14, **IAKD}, ("r14/ce", "r14/kd")),
