@@ -21,6 +21,7 @@ import yaml
 from iakd import schedules
 from iakd.data import DATASETS
 from iakd.errors import ConfigError
+from iakd.hybrid import DEFAULT_MIXING, DEFAULT_TEACHER_BN
 from iakd.methods import METHODS
 from iakd.models import ARCHS, blocks_per_stage
 from iakd.units import canonical_granularity, parse_granularity
@@ -70,9 +71,9 @@ class MethodConfig:
     kd_weight: float | None = None  # None: the method's default (kd and iakd+kd 0.9); > 0 only for those
     temperature: float = 4.0
     # how a swapped-in teacher unit normalises inside the hybrid (iakd.hybrid.TEACHER_BN_MODES)
-    teacher_bn: Literal["frozen", "batch"] = "batch"
+    teacher_bn: Literal["frozen", "batch"] = DEFAULT_TEACHER_BN
     # The levers of swapping-in (iakd.methods.IAKD, docs/iakd-levers.md); methods that do not swap refuse them.
-    mixing: Literal["bernoulli", "blend"] = "bernoulli"  # iakd.hybrid.MIXINGS: draw a unit, or blend both by p
+    mixing: Literal["bernoulli", "blend"] = DEFAULT_MIXING  # iakd.hybrid.MIXINGS: draw a unit, or blend both by p
     hybrid_weight: float = 0.0  # > 0: the pure student carries the loss, plus this x CE on the hybrid's logits
     kd_on: Literal["hybrid", "student"] | None = None  # IAKD+KD's KD term on these logits; None: the loss's own
 

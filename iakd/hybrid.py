@@ -11,16 +11,20 @@ from iakd.frozen import batch_statistics_teacher
 from iakd.models import ZooModel
 from iakd.units import Granularity, partition
 
-__all__ = ["HybridNet", "TEACHER_BN_MODES", "MIXINGS"]
+__all__ = ["HybridNet", "TEACHER_BN_MODES", "DEFAULT_TEACHER_BN", "MIXINGS", "DEFAULT_MIXING"]
 
 # How a swapped-in teacher unit normalises: ``frozen`` with its running statistics (exact teacher arithmetic, a
 # student-fed input arrives with other statistics than the teacher's own), ``batch`` with the batch's statistics
 # and its frozen affine parameters (it adapts to what the student feeds it). Its weights never change in either.
 TEACHER_BN_MODES: tuple[str, ...] = ("frozen", "batch")
+# The default everywhere (HybridNet, iakd.methods, the run config): batch, the mode under which IAKD teaches
+# (docs/iakd-diagnosis.md).
+DEFAULT_TEACHER_BN = "batch"
 
 # How a unit's two versions are mixed: ``bernoulli`` runs one of them, drawn per step (the swap mask), ``blend``
 # runs both and passes on (1 - a) x student + a x teacher with a deterministic weight a per unit (no draw).
 MIXINGS: tuple[str, ...] = ("bernoulli", "blend")
+DEFAULT_MIXING = "bernoulli"  # the paper's swapping-in
 
 
 def _connector(in_ch: int, out_ch: int) -> nn.Module:
@@ -42,7 +46,7 @@ class HybridNet(nn.Module):
     """
 
     def __init__(self, student: ZooModel, teacher: ZooModel, granularity: Granularity = "stage", *,
-                 teacher_bn: str = "frozen", input_size: int | None = None, pair: str = "teacher -> student"):
+                 teacher_bn: str = DEFAULT_TEACHER_BN, input_size: int | None = None, pair: str = "teacher -> student"):
         super().__init__()
         if teacher_bn not in TEACHER_BN_MODES:
             raise ValueError(f"teacher_bn: {teacher_bn!r} is not one of {', '.join(TEACHER_BN_MODES)}")

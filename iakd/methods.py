@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from iakd.hybrid import MIXINGS, HybridNet
+from iakd.hybrid import DEFAULT_MIXING, DEFAULT_TEACHER_BN, MIXINGS, HybridNet
 from iakd.losses import kd_loss
 from iakd.models import ZooModel
 from iakd.units import Granularity
@@ -45,6 +45,12 @@ class Method(nn.Module):
         super().__init__()
         self.student = student
         self.teacher = None if teacher is None else teacher.requires_grad_(False).eval()
+
+    @classmethod
+    def _weights(cls, ce_weight: float | None, kd_weight: float | None) -> tuple[float, float]:
+        """The loss weights, an unset one taking the class's default (its one home)."""
+        return (cls.default_ce_weight if ce_weight is None else ce_weight,
+                cls.default_kd_weight if kd_weight is None else kd_weight)
 
     def train(self, mode: bool = True) -> Method:
         super().train(mode)
@@ -110,10 +116,11 @@ class KD(Method):
     default_ce_weight = 0.1  # RepDistiller / mdistiller
     default_kd_weight = 0.9
 
-    def __init__(self, student: ZooModel, teacher: ZooModel, *, ce_weight: float = 0.1, kd_weight: float = 0.9,
-                 temperature: float = 4.0, **_: object):
+    def __init__(self, student: ZooModel, teacher: ZooModel, *, ce_weight: float | None = None,
+                 kd_weight: float | None = None, temperature: float = 4.0, **_: object):
         super().__init__(student, teacher)
-        self.ce_weight, self.kd_weight, self.temperature = ce_weight, kd_weight, temperature
+        self.ce_weight, self.kd_weight = self._weights(ce_weight, kd_weight)
+        self.temperature = temperature
 
     def forward_train(self, image, target, swap=None):
         logits = self.student(image)
@@ -150,14 +157,14 @@ class IAKD(Method):
         teacher: ZooModel,
         *,
         granularity: Granularity = "stage",
-        teacher_bn: str = "frozen",
-        ce_weight: float = 1.0,
-        kd_weight: float = 0.0,
+        teacher_bn: str = DEFAULT_TEACHER_BN,
+        ce_weight: float | None = None,
+        kd_weight: float | None = None,
         temperature: float = 4.0,
         swap_seed: int = 0,
         input_size: int | None = None,
         pair: str = "teacher -> student",
-        mixing: str = "bernoulli",
+        mixing: str = DEFAULT_MIXING,
         hybrid_weight: float = 0.0,
         kd_on: str | None = None,
     ):
@@ -169,7 +176,8 @@ class IAKD(Method):
         if hybrid_weight < 0:
             raise ValueError(f"hybrid_weight: {hybrid_weight} must be >= 0")
         self.hybrid = HybridNet(student, teacher, granularity, teacher_bn=teacher_bn, input_size=input_size, pair=pair)
-        self.ce_weight, self.kd_weight, self.temperature = ce_weight, kd_weight, temperature
+        self.ce_weight, self.kd_weight = self._weights(ce_weight, kd_weight)
+        self.temperature = temperature
         self.mixing, self.hybrid_weight = mixing, hybrid_weight
         self.kd_on = kd_on or ("student" if hybrid_weight > 0 else "hybrid")
         self.swap_generator = torch.Generator().manual_seed(swap_seed)
@@ -251,7 +259,7 @@ def build(
     teacher: ZooModel | None = None,
     *,
     granularity: Granularity = "stage",
-    teacher_bn: str = "frozen",
+    teacher_bn: str = DEFAULT_TEACHER_BN,
     ce_weight: float | None = None,
     kd_weight: float | None = None,
     temperature: float = 4.0,
@@ -273,12 +281,12 @@ def build(
     cls = METHODS[name]
     if cls.uses_teacher and teacher is None:
         raise ValueError(f"method {name!r} needs a teacher")
-    kd_weight = cls.default_kd_weight if kd_weight is None else kd_weight
+    ce_weight, kd_weight = cls._weights(ce_weight, kd_weight)
     if (kd_weight > 0) != cls.has_kd_term:
         raise ValueError(f"method {name!r} with kd_weight {kd_weight}: "
                          + ("it has no KD term" if not cls.has_kd_term else "its KD term needs kd_weight > 0"))
     if levers and not cls.uses_swap:
         raise ValueError(f"method {name!r} does not swap: {', '.join(sorted(levers))} do not apply")
     return cls(student, teacher if cls.uses_teacher else None, granularity=granularity, teacher_bn=teacher_bn,
-               ce_weight=cls.default_ce_weight if ce_weight is None else ce_weight, kd_weight=kd_weight,
+               ce_weight=ce_weight, kd_weight=kd_weight,
                temperature=temperature, swap_seed=swap_seed, input_size=input_size, pair=pair, **levers)

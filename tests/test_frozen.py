@@ -125,8 +125,9 @@ def test_the_anatomy_is_kept():
 def test_a_hybrid_on_the_folded_teacher_gives_the_same_output(student_arch, teacher_arch):
     teacher = _teacher(teacher_arch)
     student = _randomize_batchnorm(models.build(student_arch, 100))
-    plain = HybridNet(copy.deepcopy(student), teacher, "stage").train()
-    folded = HybridNet(copy.deepcopy(student), freeze_teacher(teacher), "stage").train()
+    # folding is for the frozen mode (the engine folds only then): the teacher's units on their running statistics
+    plain = HybridNet(copy.deepcopy(student), teacher, "stage", teacher_bn="frozen").train()
+    folded = HybridNet(copy.deepcopy(student), freeze_teacher(teacher), "stage", teacher_bn="frozen").train()
     folded.to_teacher.load_state_dict(plain.to_teacher.state_dict())  # wrn_16_1 -> wrn_16_2 has connectors
     folded.to_student.load_state_dict(plain.to_student.state_dict())
     x = torch.randn(4, 3, 32, 32)

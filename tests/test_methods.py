@@ -147,3 +147,31 @@ def test_unknown_method_and_missing_teacher_are_refused():
         methods.build("fitnet", models.build("resnet8", 10))
     with pytest.raises(ValueError, match=r"^method 'kd' needs a teacher$"):
         methods.build("kd", models.build("resnet8", 10))
+
+
+def test_the_python_api_and_the_run_config_build_the_same_method_by_default():
+    """One home per default: the teacher's BatchNorm mode and the mixing (iakd.hybrid), the loss weights (each
+    method class). A method built directly, through methods.build and from the run config's defaults is the same."""
+    import typing
+
+    from iakd.config import MethodConfig, load_config
+    from iakd.hybrid import DEFAULT_MIXING, DEFAULT_TEACHER_BN, MIXINGS, TEACHER_BN_MODES, HybridNet
+
+    hints = typing.get_type_hints(MethodConfig)
+    assert typing.get_args(hints["teacher_bn"]) == TEACHER_BN_MODES
+    assert typing.get_args(hints["mixing"]) == MIXINGS
+    literal, none = typing.get_args(hints["kd_on"])  # Literal[...] | None
+    assert typing.get_args(literal) == methods.KD_TARGETS and none is type(None)
+    cfg = load_config(None, [])
+    assert cfg.method.teacher_bn == DEFAULT_TEACHER_BN == "batch" and cfg.method.mixing == DEFAULT_MIXING
+    assert HybridNet(models.build("resnet8", 10), models.build("resnet20", 10), "stage").teacher_bn == "batch"
+    expected = {"ce": (1.0, 0.0), "kd": (0.1, 0.9), "iakd": (1.0, 0.0), "iakd+kd": (1.0, 0.9)}
+    for name, cls in methods.METHODS.items():
+        student, teacher = models.build("resnet8", 10), models.build("resnet20", 10)
+        built = methods.build(name, student, teacher, ce_weight=cfg.method.ce_weight, kd_weight=cfg.method.kd_weight)
+        direct = cls(models.build("resnet8", 10), models.build("resnet20", 10))
+        if name != "ce":  # CE has no weights: its loss is the cross-entropy alone
+            assert (built.ce_weight, built.kd_weight) == (direct.ce_weight, direct.kd_weight) == expected[name], name
+        if cls.uses_swap:
+            assert built.hybrid.teacher_bn == direct.hybrid.teacher_bn == cfg.method.teacher_bn, name
+            assert built.mixing == direct.mixing == cfg.method.mixing, name

@@ -99,6 +99,8 @@ EPOCHS_SCHEMA = pa.schema([
     *(pa.field(name, pa.float64()) for name in EPOCH_METRICS),
 ])
 
+# Runs logged before method.teacher_bn existed (commit 62ac6ce) swapped in teacher units on their running statistics.
+LEGACY_TEACHER_BN = "frozen"
 OUTCOMES: tuple[str, ...] = ("finished", "stopped_early", "diverged", "error", "killed", "unfinished")
 USABLE_OUTCOMES: tuple[str, ...] = ("finished", "stopped_early")
 
@@ -277,7 +279,7 @@ def _run_row(run: Run, parent_run_id: str, epoch_rows: list[dict[str, Any]]) -> 
         "granularity": (params.get("method.granularity") or tags.get("granularity")) if swaps else None,
         "kd_weight": kd_weight,
         "seed": _param_int(params, "seed"),
-        "teacher_bn": params.get("method.teacher_bn", "frozen") if swaps else None,
+        "teacher_bn": params.get("method.teacher_bn", LEGACY_TEACHER_BN) if swaps else None,
         "init": params.get("student.init", "scratch"),
         "t_start": (_param_float(params, "schedule.t_start") or 0.0) if swaps else None,
         "mixing": params.get("method.mixing", "bernoulli") if swaps else None,
