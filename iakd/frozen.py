@@ -162,9 +162,9 @@ def _replace(roots: list[nn.Module], old: nn.Module, new: nn.Module) -> None:
     """Put ``new`` wherever ``old`` is a child, under every root (VGG's layer views hold its BNs unregistered)."""
     for root in roots:
         for parent in root.modules():
-            for name, child in parent._modules.items():
+            for name, child in list(parent.named_children()):
                 if child is old:
-                    parent._modules[name] = new
+                    setattr(parent, name, new)
 
 
 def fold_batchnorm(model: ZooModel) -> int:

@@ -150,6 +150,10 @@ def _schema_problems(config: Mapping[str, Any]) -> list[str]:
 def _prepare(config: Mapping[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
     """Ray's ``prepare_config`` (provider defaults merged in) and ``validate_config``, as ``ray up`` runs them."""
     import jsonschema
+
+    # Ray has no public API that checks a cluster file the way `ray up` does: prepare_config and validate_config
+    # live in ray.autoscaler._private.util (what ray.autoscaler.sdk.create_or_update_cluster calls). Tested with
+    # the Ray that pyproject.toml pins (>=2.60,<2.61); tests/test_cluster_file.py runs them on cluster.yaml.
     from ray.autoscaler._private.util import prepare_config, validate_config
 
     try:

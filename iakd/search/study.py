@@ -63,18 +63,38 @@ class LinkedOptunaSearch(OptunaSearch):
                 made.set_metric_names([metric])
         super().__init__(*args, **kwargs)
         self._tracking_uri, self._parent_run_id = tracking_uri, parent_run_id
+        # The links go through the storage's public API: OptunaSearch's map from Tune trial ids to Optuna trials
+        # is private (ray.tune.search.optuna.OptunaSearch has no accessor for it), so the trial it just asked for
+        # is found in the study instead. Without an RDB storage there is no study to browse, and nothing to link.
+        self._link_storage = kwargs.get("storage") if study else None
+        self._link_study = study
+
+    def _running(self) -> tuple[int, list[optuna.trial.FrozenTrial]]:
+        storage = self._link_storage
+        study_id = storage.get_study_id_from_name(self._link_study)
+        return study_id, storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+
+    def _set_attr(self, study_id: int, trial: optuna.trial.FrozenTrial, key: str, value: str) -> None:
+        storage = self._link_storage
+        storage.set_trial_user_attr(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number), key, value)
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is not None:
-            ot_trial.set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+        if config is not None and self._link_storage is not None:
+            # suggest runs in the driver, one trial at a time: the newest running trial without a Tune id is the
+            # one OptunaSearch has just asked the study for
+            study_id, running = self._running()
+            unlinked = [t for t in running if TUNE_TRIAL_ATTR not in t.user_attrs]
+            if unlinked:
+                self._set_attr(study_id, max(unlinked, key=lambda t: t.number), TUNE_TRIAL_ATTR, trial_id)
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is not None and trial_id not in self._completed_trials:
-            run_id = tracking.find_child(self._tracking_uri, self._parent_run_id, {tracking.TRIAL_TAG: trial_id})
-            if run_id is not None:  # set before tell(): a finished trial's attributes are read-only
-                ot_trial.set_user_attr(MLFLOW_RUN_ATTR, run_id)
+        if self._link_storage is not None:
+            study_id, running = self._running()  # a trial already told is no longer running: left alone
+            trial = next((t for t in running if t.user_attrs.get(TUNE_TRIAL_ATTR) == trial_id), None)
+            if trial is not None:
+                run_id = tracking.find_child(self._tracking_uri, self._parent_run_id, {tracking.TRIAL_TAG: trial_id})
+                if run_id is not None:  # set before tell(): a finished trial's attributes are read-only
+                    self._set_attr(study_id, trial, MLFLOW_RUN_ATTR, run_id)
         super().on_trial_complete(trial_id, result, error)
