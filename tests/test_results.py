@@ -129,3 +129,52 @@ def test_a_winner_initialised_from_the_teacher_meets_the_kd_trained_from_the_sam
     row = next(line for line in printed.splitlines() if line.strip().startswith("search_a"))
     assert row.rstrip().endswith(expected.format(signed=True))
     assert "against the KD trained from the same initialisation (search_a against kd.teacher-init)" in printed
+
+
+def _ce_only_sweep(tmp_path, with_ce: bool):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id = tracking.connect(uri, EXPERIMENT)
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.create_run(experiment_id, start_time=T0, run_name=f"sweep-{EXPERIMENT}",
+                               tags={"iakd.role": "sweep", "iakd.sweep": EXPERIMENT}).info.run_id
+    ce_test = {1: 90.0, 2: 91.0, 3: 89.5}
+    specs = [RunSpec("search_a", "search", "iakd", [70, 90])]
+    for seed in (1, 2, 3):
+        specs.append(RunSpec(f"confirm_search_a_seed{seed}", "confirm", "iakd", [80, 90], seed=seed,
+                             candidate="search_a", test=[90, WINNER_TEST[seed]]))
+        if with_ce:
+            specs.append(RunSpec(f"confirm_ce_seed{seed}", "confirm", "ce", [85, 90], seed=seed, candidate="ce",
+                                 test=[90, ce_test[seed]]))
+    for index, spec in enumerate(specs, start=1):
+        _log(client, experiment_id, parent, spec, T0 + 1000 * index)
+    client.set_terminated(parent, "FINISHED")
+    answer = sweep_answer(uri, parent)
+    printed = format_summary(SearchSummary(EXPERIMENT, parent, uri, "val_acc", None, answer=answer,
+                                           experiment_id=experiment_id))
+    report = analyse(uri, parent_run_id=parent, out_dir=tmp_path / "report", log_to_mlflow=False).read_text()
+    return answer, printed, report, ce_test
+
+
+def test_without_kd_among_the_baselines_every_place_measures_against_ce_and_says_so(tmp_path):
+    answer, printed, report, ce_test = _ce_only_sweep(tmp_path, with_ce=True)
+    expected = paired_difference(WINNER_TEST, ce_test)
+    assert answer.reference_method == "ce" and answer.difference("search_a", "ce") == expected
+    assert answer.metrics()["confirm_search_a_test_acc_minus_ce"] == pytest.approx(expected.mean, abs=1e-12)
+    assert "test_acc - ce" in printed
+    row = next(line for line in printed.splitlines() if line.strip().startswith("search_a"))
+    assert row.rstrip().endswith(expected.format(signed=True))
+    assert "KD was not a baseline (baselines.methods): the differences are to ce" in printed
+    assert ("KD was not among the confirmed baselines (`baselines.methods`): its columns are empty, and the "
+            "configurations are measured against CE.") in report
+    assert "is better than CE on test accuracy" in report
+    assert f"{expected.format(signed=True)} (n=3) points" in report
+    assert (tmp_path / "report" / "confirmation.png").is_file()
+
+
+def test_without_any_confirmed_baseline_the_summary_and_report_say_nothing_is_compared(tmp_path):
+    answer, printed, report, _ = _ce_only_sweep(tmp_path, with_ce=False)
+    assert answer.reference_method is None
+    assert not [k for k in answer.metrics() if "_minus_" in k]
+    assert "no baseline was confirmed (baselines.methods is empty): nothing to compare with" in printed
+    assert "KD and CE were not among the confirmed baselines (`baselines.methods`): their columns are empty; " \
+           "with no baseline confirmed, nothing is compared." in report

@@ -619,14 +619,18 @@ def confirmation_groups(runs: pd.DataFrame) -> list[Candidate]:
 @_skippable
 def plot_confirmation(runs: pd.DataFrame, path: str | Path) -> Path:
     """The confirmation stage on last-epoch test accuracy: each confirmed configuration and baseline as mean
-    with 95 % t-interval over its seeds (left), and its difference to KD paired by seed, with its interval
-    (right; only where KD was confirmed too)."""
+    with 95 % t-interval over its seeds (left), and its difference to the reference baseline (KD, or CE without
+    KD) from the same initialisation, paired by seed, with its interval (right; only where that was confirmed)."""
     groups = [c for c in confirmation_groups(runs) if c.test]
     if not groups:
         raise NoData("no usable confirmation run (role confirm)")
-    kd = next((c.test for c in groups if c.name == "kd"), None)  # the reference of a student from scratch
-    kd_init = next((c.test for c in groups if c.name == "kd.teacher-init"), None)
-    ncols = 2 if kd is not None and len(groups) > 1 else 1
+    # the reference baseline (KD where it was confirmed, else CE: results.SweepResults.reference_method), from
+    # scratch and from the teacher's initialisation: each configuration meets the one from its own start
+    ref_name = sweep_results(runs).reference_method
+    ref = next((c.test for c in groups if ref_name is not None and c.name == ref_name), None)
+    ref_init = next((c.test for c in groups if c.name == f"{ref_name}.teacher-init"), None)
+    ref_label = _BASELINE_NAMES.get(ref_name or "", str(ref_name)).split(" (")[0]
+    ncols = 2 if ref is not None and len(groups) > 1 else 1
     fig, axes = _figure(width=13 if ncols == 2 else 9, height=1.6 + 0.75 * len(groups), ncols=ncols, sharey=True)
     axes = np.atleast_1d(axes)
     for y, candidate in enumerate(groups):
@@ -635,14 +639,14 @@ def plot_confirmation(runs: pd.DataFrame, path: str | Path) -> Path:
                  else "#1f77b4")
         axes[0].scatter(list(candidate.test.values()), [y] * len(candidate.test), s=14, color="0.6", zorder=2)
         _interval_point(axes[0], interval, y, color, f"{interval.format()} (n={interval.n})")
-        reference = kd_init if candidate.teacher_init and kd_init is not None else kd  # the same start
-        if ncols == 2 and candidate.name != "kd" and reference is not candidate.test:
+        reference = ref_init if candidate.teacher_init and ref_init is not None else ref  # the same start
+        if ncols == 2 and candidate.name != ref_name and reference is not candidate.test:
             diff = paired_difference(candidate.test, reference)
             if diff.n:
                 _interval_point(axes[1], diff, y, color, f"{diff.format(signed=True)} (n={diff.n})")
         elif ncols == 2:
-            axes[1].annotate("KD: the reference", (0, y), xytext=(6, 0), textcoords="offset points", va="center",
-                             fontsize=8, color="0.4")
+            axes[1].annotate(f"{ref_label}: the reference", (0, y), xytext=(6, 0), textcoords="offset points",
+                             va="center", fontsize=8, color="0.4")
     axes[0].set_yticks(range(len(groups)), [_wrap(c.label, 34) for c in groups])
     axes[0].set_ylim(len(groups) - 0.5, -0.7)  # first candidate at the top, room for the annotations
     axes[0].set_xlabel(f"{TEST_LABEL}: mean and 95 % interval over seeds")
@@ -651,7 +655,7 @@ def plot_confirmation(runs: pd.DataFrame, path: str | Path) -> Path:
     if ncols == 2:
         axes[1].axvline(0.0, color="black", lw=1)
         axes[1].set_xlabel("test accuracy points, paired by seed")
-        axes[1].set_title("Difference to KD from the same initialisation")
+        axes[1].set_title(f"Difference to {ref_label} from the same initialisation")
         axes[1].margins(x=0.2)
     fig.suptitle("Confirmation on fresh seeds (grey dots: single seeds; order: the search's ranking on validation)")
     return _save(fig, path)

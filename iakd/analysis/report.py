@@ -234,13 +234,21 @@ def _confirmation_section(runs: pd.DataFrame) -> list[str]:
               "initialised from the teacher with KD and CE initialised from the teacher too).", ""]
     lines += _table(["configuration", "seeds", "best val %", "last test %", "test − KD", "val − KD", "test − CE",
                      "val − CE"], rows)
+    reference = answer.reference_method
+    confirmed = {c.row["method"] for c in answer.confirmed if c.is_baseline}
+    missing = [m.upper() for m in ("kd", "ce") if m not in confirmed]
+    if missing:
+        lines += [f"{' and '.join(missing)} {'was' if len(missing) == 1 else 'were'} not among the confirmed "
+                  f"baselines (`baselines.methods`): {'its' if len(missing) == 1 else 'their'} columns are empty"
+                  + (f", and the configurations are measured against {reference.upper()}." if reference is not None
+                     else "; with no baseline confirmed, nothing is compared."), ""]
     winner = answer.winner
-    diff = answer.difference(winner["run_name"], "kd") if winner is not None else None
+    diff = answer.difference(winner["run_name"], reference) if winner is not None and reference else None
     if diff is not None:
         verdict = ("better than" if diff.low > 0 else "worse than" if diff.high < 0
                    else "not distinguishable from") if not math.isnan(diff.half_width) else "not yet comparable to"
         lines += [f"The configuration the search chose on validation, **{winner['run_name']}**, is {verdict} "
-                  f"{'KD initialised from the teacher' if winner.get('init') == 'teacher' else 'KD'} "
+                  f"{reference.upper()}{' initialised from the teacher' if winner.get('init') == 'teacher' else ''} "
                   f"on test accuracy over the confirmation's seeds (which played no part in choosing it): "
                   f"{_with_n(diff, signed=True)} points.", ""]
     return lines

@@ -95,6 +95,13 @@ class SweepResults:
         c = self.get(name)
         return baseline_label(method, _init(c.row) if c is not None else None)
 
+    @property
+    def reference_method(self) -> str | None:
+        """The baseline every configuration is measured against: KD where it was confirmed, else the first
+        baseline confirmed (CE where ``baselines.methods`` is ``[ce]``); None without a confirmed baseline."""
+        methods = [c.row["method"] for c in self.confirmed if c.is_baseline]  # KD first (the baselines' order)
+        return methods[0] if methods else None
+
     def difference(self, name: str, reference: str, column: str = "test") -> Interval | None:
         """``name`` minus ``reference`` on ``column`` (test or val), paired by seed; None where either is missing.
         A baseline method as ``reference`` means that baseline under ``name``'s initialisation (:meth:`reference`)."""
@@ -109,16 +116,18 @@ class SweepResults:
 
     def metrics(self, metric: str = "val_acc") -> dict[str, float]:
         """The parent run's figures: the winner's search score and last test accuracy, each confirmed
-        configuration's mean test accuracy and difference to KD, and how many confirmation runs did not count."""
+        configuration's mean test accuracy and difference to the reference baseline (``..._minus_kd``; CE's
+        where KD was not a baseline), and how many confirmation runs did not count."""
         out: dict[str, float] = {}
         if self.winner is not None:
             out[f"best_{metric}"] = float(self.winner[SCORE])
             out["best_trial_last_test_acc"] = float(self.winner["last_test_acc"])
+        reference = self.reference_method
         for c in self.confirmed:
             out[f"confirm_{c.name}_test_acc_mean"] = c.test_interval.mean
-            vs_kd = self.difference(c.name, "kd")
-            if vs_kd is not None and not math.isnan(vs_kd.mean):
-                out[f"confirm_{c.name}_test_acc_minus_kd"] = vs_kd.mean
+            diff = self.difference(c.name, reference) if reference is not None else None
+            if diff is not None and not math.isnan(diff.mean):
+                out[f"confirm_{c.name}_test_acc_minus_{reference}"] = diff.mean
         if self.confirmed or self.left_out:
             out["confirm_runs_left_out"] = float(self.left_out_count)
         return out

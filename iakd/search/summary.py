@@ -71,16 +71,22 @@ def format_summary(summary: SearchSummary) -> str:
         seeds = sorted({s for c in answer.confirmed for s in c.seeds})
         lines.append(f"Confirmed on seeds {', '.join(map(str, seeds))} (mean ± 95 % interval; the configuration was "
                      f"chosen on {summary.metric} in the search, test_acc is the last epoch's, reported only):")
-        # a configuration meets the KD trained from its own initialisation (kd, or kd.teacher-init)
-        lines.append(f"    {'':<28} {'best ' + summary.metric:>16} {'test_acc':>16} {'test_acc - kd':>16}")
+        # a configuration meets the reference baseline (KD where it ran) trained from its own initialisation
+        ref = answer.reference_method
+        column = f"test_acc - {ref}" if ref is not None else ""
+        lines.append(f"    {'':<28} {'best ' + summary.metric:>16} {'test_acc':>16} {column:>16}")
         for c in answer.confirmed:
-            vs_kd = answer.difference(c.name, "kd")
+            diff = answer.difference(c.name, ref) if ref is not None else None
             lines.append(f"    {c.name:<28} {c.val_interval.format():>16} {c.test_interval.format():>16} "
-                         f"{vs_kd.format(signed=True) if vs_kd is not None else '':>16}")
-        others = [f"{c.name} against {answer.reference(c.name, 'kd')}" for c in answer.confirmed
-                  if not c.is_baseline and answer.reference(c.name, "kd") != "kd"]
+                         f"{diff.format(signed=True) if diff is not None else '':>16}")
+        if ref is None:
+            lines.append("    no baseline was confirmed (baselines.methods is empty): nothing to compare with")
+        elif ref != "kd":
+            lines.append(f"    KD was not a baseline (baselines.methods): the differences are to {ref}")
+        others = [f"{c.name} against {answer.reference(c.name, ref)}" for c in answer.confirmed
+                  if ref is not None and not c.is_baseline and answer.reference(c.name, ref) != ref]
         if others:
-            lines.append(f"    test_acc - kd: against the KD trained from the same initialisation "
+            lines.append(f"    test_acc - {ref}: against the {ref.upper()} trained from the same initialisation "
                          f"({'; '.join(others)})")
         lines.append(f"    {_left_out(answer.left_out)}")
     uri = summary.tracking_uri
