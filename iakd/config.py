@@ -305,10 +305,12 @@ def from_dict(values: Mapping[str, Any]) -> TrainConfig:
 
 
 def flat_items(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested config dict as ``{"optim.lr": 0.05, ...}`` (lists stay values)."""
+    """A nested config dict as ``{"optim.lr": 0.05, ...}`` (lists and empty mappings stay values).
+
+    The one flattening of nested dicts: MLflow params (:func:`iakd.tracking.flatten`) render these values."""
     flat: dict[str, Any] = {}
     for key, value in values.items():
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and value:
             flat.update(flat_items(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value

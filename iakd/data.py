@@ -503,7 +503,29 @@ def read_cifar_batch(path: Path, label_key: bytes, num_classes: int) -> tuple[to
     return images, torch.from_numpy(label_array)
 
 
-_CIFAR_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+@dataclass(frozen=True)
+class CifarLayout:
+    """One CIFAR variant's official python-version files: where they lie under ``data.dir`` and how they read."""
+
+    folder: str
+    train_files: tuple[str, ...]
+    test_file: str
+    meta_file: str  # the label names: not read here, but part of the official archive
+    label_key: bytes
+    num_classes: int
+    downloader: str  # attribute of torchvision.datasets; looked up late so tests can replace it
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (*self.train_files, self.test_file, self.meta_file)
+
+
+# The one home of the CIFAR file layout (iakd.prepare_data fetches into it).
+CIFAR_LAYOUTS: dict[str, CifarLayout] = {
+    "cifar10": CifarLayout("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
+                           "batches.meta", b"labels", 10, "CIFAR10"),
+    "cifar100": CifarLayout("cifar-100-python", ("train",), "test", "meta", b"fine_labels", 100, "CIFAR100"),
+}
 
 
 def check_data_folder(name: str, data_dir: str | Path, *, download: bool = False) -> None:
@@ -512,8 +534,8 @@ def check_data_folder(name: str, data_dir: str | Path, *, download: bool = False
     data_dir = Path(data_dir)
     if name in IDX_DATASETS:
         idx_files(name, data_dir)
-    elif name in _CIFAR_FOLDERS:
-        folder = data_dir / _CIFAR_FOLDERS[name]
+    elif name in CIFAR_LAYOUTS:
+        folder = data_dir / CIFAR_LAYOUTS[name].folder
         if not folder.is_dir() and not download:
             raise DataError(f"data.dir: {folder} not found; put the official {name} python-version files there "
                             "(python -m iakd.prepare_data) or set data.download=true")
@@ -528,24 +550,18 @@ def _load_cifar(name: str, data_dir: Path, val_fraction: float, split_seed: int,
                 download: bool) -> Dataset:
     import torchvision
 
-    folder = data_dir / _CIFAR_FOLDERS[name]
-    if name == "cifar10":
-        train_files = [f"data_batch_{i}" for i in range(1, 6)]
-        test_file, label_key, num_classes = "test_batch", b"labels", 10
-        normalization, downloader = CIFAR10_NORMALIZATION, torchvision.datasets.CIFAR10
-    else:
-        train_files = ["train"]
-        test_file, label_key, num_classes = "test", b"fine_labels", 100
-        normalization, downloader = CIFAR100_NORMALIZATION, torchvision.datasets.CIFAR100
+    layout = CIFAR_LAYOUTS[name]
+    folder = data_dir / layout.folder
+    normalization = CIFAR10_NORMALIZATION if name == "cifar10" else CIFAR100_NORMALIZATION
     if not folder.is_dir() and download:
         # torchvision only fetches and unpacks the archive here; reading goes through our own checked reader.
-        downloader(root=str(data_dir), train=True, download=True)
+        getattr(torchvision.datasets, layout.downloader)(root=str(data_dir), train=True, download=True)
     check_data_folder(name, data_dir)  # the door's own message, for library callers too
-    parts = [read_cifar_batch(folder / file, label_key, num_classes) for file in train_files]
+    parts = [read_cifar_batch(folder / file, layout.label_key, layout.num_classes) for file in layout.train_files]
     train_images = torch.cat([images for images, _ in parts])
     train_labels = torch.cat([labels for _, labels in parts])
-    test_images, test_labels = read_cifar_batch(folder / test_file, label_key, num_classes)
-    return _tensor_dataset(name, num_classes, normalization, train_images, train_labels, test_images,
+    test_images, test_labels = read_cifar_batch(folder / layout.test_file, layout.label_key, layout.num_classes)
+    return _tensor_dataset(name, layout.num_classes, normalization, train_images, train_labels, test_images,
                            test_labels, val_fraction, split_seed, device)
 
 

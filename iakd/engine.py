@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import yaml
 
-from iakd import methods, models, schedules
+from iakd import methods, models, outcomes, schedules
 from iakd.checkpoint import (
     CHECKPOINT_FORMAT,
     capture_rng,
@@ -235,7 +235,7 @@ def prepare_teacher(cfg: TrainConfig, log: Callable[[str], None] = print) -> Pat
     log(f"teacher {cfg.teacher.arch}: {'continuing' if resume else 'training'} {t_cfg.optim.epochs} epochs on "
         f"{cfg.data.name} -> {path}")
     result = train(t_cfg, log=log, prepare=False, resume_from=resume)
-    if result["status"] != "finished":
+    if result["status"] != outcomes.FINISHED:
         raise RuntimeError(f"teacher training {result['status']}: {result['message']}")
     return copy_atomic(Path(t_cfg.out_dir) / "student.pt", path)  # already in the teacher file format
 
@@ -473,11 +473,11 @@ def train(
     write_text_atomic(out_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     totals = EpochTotals(device)
     step_fn = make_step(run.method, run.optimizer, totals, run.compute, cuda_graphs=cfg.compute.cuda_graphs)
-    status, message = "finished", f"trained {cfg.optim.epochs} epochs"
+    status, message = outcomes.FINISHED, f"trained {cfg.optim.epochs} epochs"
     while run.epoch < cfg.optim.epochs:
         metrics, first_bad = run.train_epoch(step_fn, totals)
         if first_bad is not None:  # a NaN ends the run at this epoch
-            status, message = "diverged", f"diverged at epoch {run.epoch + 1}: loss is {first_bad}"
+            status, message = outcomes.DIVERGED, f"diverged at epoch {run.epoch + 1}: loss is {first_bad}"
             log(message)
             break
         if run.epoch % cfg.evaluation.every == 0 or run.epoch == cfg.optim.epochs:
@@ -488,7 +488,7 @@ def train(
         checkpoint = run.save(out_dir / "checkpoint.pt") if due else None
         write_text_atomic(out_dir / "metrics.json", json.dumps(run.history, indent=1))
         if any([cb(metrics, checkpoint) for cb in callbacks]):  # every callback sees every epoch
-            status, message = "stopped", f"stopped by a callback after epoch {run.epoch}"
+            status, message = outcomes.STOPPED, f"stopped by a callback after epoch {run.epoch}"
             break
     # the file records the test accuracy of the weights it holds: known only when the last epoch was evaluated
     final = run.history[-1] if run.history and evaluated(run.history[-1]) else None

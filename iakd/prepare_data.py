@@ -14,36 +14,19 @@ import fcntl
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
+from iakd.data import CIFAR_LAYOUTS, CifarLayout
 from iakd.errors import ConfigError
 
-__all__ = ["LAYOUTS", "CifarLayout", "is_present", "main", "prepare"]
-
-
-@dataclass(frozen=True)
-class CifarLayout:
-    """Where one CIFAR variant's files lie under the data folder, and which torchvision class fetches them."""
-
-    folder: str
-    files: tuple[str, ...]
-    downloader: str  # attribute of torchvision.datasets; looked up late so tests can replace it
-
-
-# The files iakd.data._load_cifar reads, plus the label names (``meta``) that the official archives carry.
-LAYOUTS: dict[str, CifarLayout] = {
-    "cifar10": CifarLayout("cifar-10-batches-py",
-                           tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta"), "CIFAR10"),
-    "cifar100": CifarLayout("cifar-100-python", ("train", "test", "meta"), "CIFAR100"),
-}
+__all__ = ["is_present", "main", "prepare"]
 
 
 def _layout(dataset: str) -> CifarLayout:
-    if dataset not in LAYOUTS:
-        raise ConfigError(f"--dataset: {dataset!r} is not allowed; one of {', '.join(LAYOUTS)} "
+    if dataset not in CIFAR_LAYOUTS:
+        raise ConfigError(f"--dataset: {dataset!r} is not allowed; one of {', '.join(CIFAR_LAYOUTS)} "
                           "(digits is embedded, ImageFolder data is copied by hand)")
-    return LAYOUTS[dataset]
+    return CIFAR_LAYOUTS[dataset]
 
 
 def is_present(dataset: str, data_dir: str | Path) -> bool:
@@ -108,7 +91,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     parser = _OneLineParser(prog="python -m iakd.prepare_data", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--dataset", required=True, help=f"one of {', '.join(LAYOUTS)}")
+    parser.add_argument("--dataset", required=True, help=f"one of {', '.join(CIFAR_LAYOUTS)}")
     parser.add_argument("--dir", required=True, help="the data folder (run config key data.dir)")
     args = parser.parse_args(argv)
     try:

@@ -39,6 +39,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 from sqlalchemy.engine import make_url
 
+from iakd.config import flat_items
 from iakd.errors import ConfigError
 
 try:
@@ -48,6 +49,11 @@ except ImportError:  # Windows
 
 __all__ = [
     "CANDIDATE_TAG",
+    "ERROR_TAG",
+    "FAMILY_TAG",
+    "INTERRUPTED_TAG",
+    "STATUS_TAG",
+    "SUPERSEDED_TAG",
     "baseline_label",
     "OPEN_STATUSES",
     "ROLE_TAG",
@@ -86,7 +92,15 @@ OPEN_STATUSES = frozenset({"RUNNING", "SCHEDULED"})
 SWEEP_TAG = "iakd.sweep"  # on the parent run: the experiment it sweeps
 ROLE_TAG = "iakd.role"  # sweep, search, baseline or confirm
 TRIAL_TAG = "iakd.trial_id"  # a child run's Tune trial id: the one link between a trial and its run
-CANDIDATE_TAG = "iakd.candidate"  # the configuration a confirmation (or reused baseline) run stands for
+# The configuration a confirmation (or reused baseline) run stands for: a searched trial's name or a baseline
+# label. A confirmation trial's Tune config holds it under this key too; not a run-config key, so
+# iakd.search.space.trial_overrides drops it.
+CANDIDATE_TAG = "iakd.candidate"
+STATUS_TAG = "status"  # a child run's outcome, in the words of iakd.outcomes
+FAMILY_TAG = "schedule_family"  # a child run's schedule family ("none" for a method that does not swap)
+INTERRUPTED_TAG = "iakd.interrupted"  # on the parent run: "true" when the driver was interrupted
+ERROR_TAG = "iakd.error"  # on the parent run: the error that ended the sweep
+SUPERSEDED_TAG = "iakd.superseded_by"  # on a parent run that a rerun of the same sweep replaced
 
 
 def baseline_label(method: str, init: str | None = "scratch") -> str:
@@ -126,14 +140,8 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     Lists and tuples become compact JSON (``[1,2]``), ``None`` becomes ``"None"``, an empty mapping
     becomes ``"{}"`` (so the key is still visible), and every value is cut to :data:`MAX_PARAM_LENGTH`.
     """
-    flat: dict[str, str] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, prefix=f"{name}."))
-        else:
-            flat[name] = _truncate("{}" if isinstance(value, Mapping) else _render(value), MAX_PARAM_LENGTH)
-    return flat
+    return {name: _truncate("{}" if isinstance(value, Mapping) else _render(value), MAX_PARAM_LENGTH)
+            for name, value in flat_items(config, prefix).items()}
 
 
 def _as_float(value: Any) -> float | None:
@@ -389,9 +397,9 @@ def set_tags(tracking_uri: str, run_id: str, tags: Mapping[str, Any]) -> None:
 
 
 def supersede_run(tracking_uri: str, run_id: str, *, by: str) -> None:
-    """Mark a sweep's parent run as replaced by a newer one (tag ``iakd.superseded_by``); close it if open."""
+    """Mark a sweep's parent run as replaced by a newer one (tag :data:`SUPERSEDED_TAG`); close it if open."""
     client = mlflow_client(tracking_uri)
-    client.set_tag(run_id, "iakd.superseded_by", by)
+    client.set_tag(run_id, SUPERSEDED_TAG, by)
     if client.get_run(run_id).info.status in OPEN_STATUSES:
         finish_parent_run(tracking_uri, run_id, status="KILLED")
 

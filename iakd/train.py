@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from iakd import outcomes
 from iakd.checkpoint import check_writable_folder
 from iakd.config import load_config
 from iakd.data import check_data_folder
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(f"{result['status']}: {result['message']}; best val {result['best_val_acc']:.2f}% "
           f"(epoch {result['best_epoch']}), last test {result['last_test_acc']:.2f}%; outputs in {cfg.out_dir}")
-    return 0 if result["status"] != "diverged" else 1
+    return 0 if result["status"] != outcomes.DIVERGED else 1
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from iakd.errors import ConfigError
+from iakd.search.cluster_check import OPTUNA_STORAGE_VAR, STORAGE_PATH_VAR, TRACKING_URI_VAR
 from iakd.search.experiment import load_experiment
 from iakd.search.runner import run_search
 from iakd.search.summary import format_summary
@@ -29,13 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, help="epochs per trial (run.optim.epochs)")
     parser.add_argument("--experiment", help="experiment name (MLflow experiment and Tune folder)")
     # On a cluster started from cluster.yaml the head node defines both variables (see README).
-    parser.add_argument("--tracking-uri", default=os.environ.get("IAKD_TRACKING_URI"),
-                        help="MLflow tracking URI (default: $IAKD_TRACKING_URI, else the config's)")
-    parser.add_argument("--storage-path", default=os.environ.get("IAKD_STORAGE_PATH"),
+    parser.add_argument("--tracking-uri", default=os.environ.get(TRACKING_URI_VAR),
+                        help=f"MLflow tracking URI (default: ${TRACKING_URI_VAR}, else the config's)")
+    parser.add_argument("--storage-path", default=os.environ.get(STORAGE_PATH_VAR),
                         help="Tune storage: a local folder, NFS path or s3:// / gs:// URI "
-                             "(default: $IAKD_STORAGE_PATH, else the config's)")
-    parser.add_argument("--optuna-storage", default=os.environ.get("IAKD_OPTUNA_STORAGE"),
-                        help="RDB URL of the Optuna study (default: $IAKD_OPTUNA_STORAGE, else the config's "
+                             f"(default: ${STORAGE_PATH_VAR}, else the config's)")
+    parser.add_argument("--optuna-storage", default=os.environ.get(OPTUNA_STORAGE_VAR),
+                        help=f"RDB URL of the Optuna study (default: ${OPTUNA_STORAGE_VAR}, else the config's "
                              "optuna_storage, else optuna.db beside a sqlite mlflow.db)")
     parser.add_argument("--address", help="Ray cluster address; 'auto' joins a running cluster")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted experiment (Tuner.restore)")

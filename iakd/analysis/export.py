@@ -27,7 +27,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from iakd import tracking
+from iakd import outcomes, tracking
 from iakd.checkpoint import atomic_path
 from iakd.errors import ConfigError
 from iakd.judging import best_judged_epoch, handed_over, judged_epochs
@@ -101,8 +101,7 @@ EPOCHS_SCHEMA = pa.schema([
 
 # Runs logged before method.teacher_bn existed (commit 62ac6ce) swapped in teacher units on their running statistics.
 LEGACY_TEACHER_BN = "frozen"
-OUTCOMES: tuple[str, ...] = ("finished", "stopped_early", "diverged", "error", "killed", "unfinished")
-USABLE_OUTCOMES: tuple[str, ...] = ("finished", "stopped_early")
+OUTCOMES, USABLE_OUTCOMES = outcomes.OUTCOMES, outcomes.USABLE  # the one home: iakd.outcomes
 
 # The SQL store clamps +-inf to +-max float (see iakd.tracking.TrialRun); read them back as infinities.
 _CLAMPED = 1.7976931348623157e308
@@ -160,12 +159,13 @@ def _param_int(params: Mapping[str, str], key: str) -> int | None:
 def _outcome(status: str, status_tag: str | None) -> str:
     """The run's fate: its ``status`` tag when it has one, else what MLflow's status implies."""
     if status in tracking.OPEN_STATUSES:
-        return "unfinished"  # a tag may be there from an earlier attempt; the run is not over
-    if status_tag == "stopped":  # the engine's word for "a callback stopped it"
-        return "stopped_early"
+        return outcomes.UNFINISHED  # a tag may be there from an earlier attempt; the run is not over
+    if status_tag == outcomes.STOPPED:  # the engine's word for "a callback stopped it"
+        return outcomes.STOPPED_EARLY
     if status_tag:
         return status_tag
-    return {"FINISHED": "finished", "FAILED": "error", "KILLED": "killed"}.get(status, status.lower())
+    by_status = {"FINISHED": outcomes.FINISHED, "FAILED": outcomes.ERROR, "KILLED": outcomes.KILLED}
+    return by_status.get(status, status.lower())
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -234,7 +234,7 @@ def _run_row(run: Run, parent_run_id: str, epoch_rows: list[dict[str, Any]]) -> 
     method = tags.get("method") or params.get("method.name")
     registered = METHODS.get(method or "")
     swaps = registered is not None and registered.uses_swap
-    family = (params.get("schedule.family") or tags.get("schedule_family")) if swaps else None
+    family = (params.get("schedule.family") or tags.get(tracking.FAMILY_TAG)) if swaps else None
     kd_weight = _param_float(params, "method.kd_weight")
     if kd_weight is None and registered is not None and registered.uses_teacher:
         kd_weight = registered.default_kd_weight  # a logged "None" is the method's default; ce has no teacher
@@ -256,14 +256,14 @@ def _run_row(run: Run, parent_run_id: str, epoch_rows: list[dict[str, Any]]) -> 
     judged, best = judged_epochs(logged), best_judged_epoch(logged)
     epochs = final("epochs", float(last["epoch"]) if epoch_rows else None)
     images = last.get("images_seen")
-    outcome = _outcome(run.info.status, tags.get("status"))
+    outcome = _outcome(run.info.status, tags.get(tracking.STATUS_TAG))
     return {
         "run_id": run.info.run_id,
         "parent_run_id": parent_run_id,
         "run_name": run.info.run_name,
         "status": run.info.status,
         "outcome": outcome,
-        "stopped_early": outcome == "stopped_early",
+        "stopped_early": outcome == outcomes.STOPPED_EARLY,
         "role": tags.get(ROLE_TAG),
         "candidate": tags.get(CANDIDATE_TAG),
         "method": method,
@@ -318,7 +318,7 @@ def load_sweep(tracking_uri: str, experiment: str | None = None, parent_run_id: 
     epochs = pa.Table.from_pylist(epoch_rows, schema=EPOCHS_SCHEMA)
     info = client.get_run(parent)
     return Sweep(tracking_uri, name, experiment_id, parent, runs, epochs, info.info.status,
-                 info.data.tags.get("iakd.interrupted") == "true",
+                 info.data.tags.get(tracking.INTERRUPTED_TAG) == "true",
                  _param_int(info.data.params, "experiment.num_samples"))
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from iakd import tracking
+from iakd import outcomes, tracking
 from iakd.analysis import plots
 from iakd.analysis.export import Sweep, default_out_dir, exclusions, load_sweep, usable, write_tables
 from iakd.analysis.results import sweep_results
@@ -99,7 +99,7 @@ def _runs_section(runs: pd.DataFrame) -> list[str]:
     for role in [r for r in ("search", "baseline", "confirm") if r in set(runs["role"])] + sorted(
             {r for r in runs["role"].dropna()} - {"search", "baseline", "confirm"}):
         mine, kept = runs[runs["role"] == role], ok[ok["role"] == role]
-        stopped = int((kept["outcome"] == "stopped_early").sum())
+        stopped = int((kept["outcome"] == outcomes.STOPPED_EARLY).sum())
         rows.append((role, len(mine), len(kept), stopped, len(mine) - len(kept)))
     lines = ["## Runs", ""] + _table(["role", "runs", "used", "of which stopped early", "excluded"], rows)
     left_out = exclusions(runs)

@@ -17,6 +17,7 @@ from iakd.errors import ConfigError
 from iakd.methods import METHODS
 from iakd.models import blocks_per_stage
 from iakd.search.space import Choice, Fixed, SearchSpace, build_space
+from iakd.search.storage import is_uri
 from iakd.transplant import transplant_plan
 from iakd.units import canonical_granularity, valid_granularities
 
@@ -124,7 +125,7 @@ def _check(cfg: ExperimentConfig) -> None:
 
 def _absolute(path: str | None) -> str | None:
     """Trials run with the trial folder as working directory: relative paths must be resolved here."""
-    if path is None or "://" in path:
+    if path is None or is_uri(path):
         return path
     return str(Path(path).expanduser().resolve())
 

@@ -16,6 +16,7 @@ from iakd.config import TrainConfig
 from iakd.data import check_data_folder
 from iakd.errors import ConfigError
 from iakd.search import storage
+from iakd.search.storage import is_uri
 from iakd.tracking import TIMEOUT_S, check_server, sqlite_file
 
 __all__ = ["check_storage", "check_tracking_uri", "check_optuna_storage", "check_address", "check_run_inputs",
@@ -71,7 +72,7 @@ def check_optuna_storage(storage: str) -> None:
             raise ConfigError(f"{what}: {database} is a folder, not an Optuna database file")
         check_writable_folder(database.absolute().parent, what)
         return
-    if "://" not in storage:
+    if not is_uri(storage):
         raise ConfigError(f"{what}: {storage!r} is not an RDB URL (sqlite:///path, postgresql://..., mysql://...)")
 
 

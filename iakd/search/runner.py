@@ -32,8 +32,6 @@ from iakd.search.study import LinkedOptunaSearch, default_storage, study_name
 from iakd.search.summary import SearchSummary, TrialSummary, format_value
 from iakd.search.teacher import check_teacher, share_teacher
 from iakd.search.trainable import (
-    CANDIDATE_KEY,
-    TRIAL_TAG,
     CloseTrialRuns,
     TrialContext,
     baseline_name,
@@ -153,7 +151,7 @@ def run_search(
         # Whatever ends the driver (an error, Ctrl-C outside Tune, a failed trial that ends the sweep) closes
         # the parent with the right status: no sweep stays RUNNING.
         status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-        tracking.finish_parent_run(uri, parent, tags={"iakd.error": f"{type(error).__name__}: {error}"[:500]},
+        tracking.finish_parent_run(uri, parent, tags={tracking.ERROR_TAG: f"{type(error).__name__}: {error}"[:500]},
                                    status=status)
         raise
 
@@ -274,7 +272,8 @@ class _Stages:
         reuse = set(cfg.confirm.seeds) <= set(cfg.baselines.seeds)
         candidates = confirm_candidates(ranked, cfg.confirm.top_k, [] if reuse else cfg.baselines.methods,
                                         student_inits(self.experiment))
-        grid = {CANDIDATE_KEY: tune.grid_search(list(candidates)), "seed": tune.grid_search(list(cfg.confirm.seeds))}
+        grid = {tracking.CANDIDATE_TAG: tune.grid_search(list(candidates)),
+                "seed": tune.grid_search(list(cfg.confirm.seeds))}
         results = self._fit(_stage_paths(cfg)[2], "confirm", grid,
                             tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, max_concurrent_trials=cfg.max_concurrent,
                                             reuse_actors=REUSE_ACTORS, trial_name_creator=confirm_name,
@@ -288,11 +287,11 @@ class _Stages:
         sweep's answer (the one the printout and the report show) and, with ``analysis``, the report."""
         cfg, uri = self.cfg, self.uri
         if interrupted:
-            tracking.finish_parent_run(uri, self.parent, tags={"iakd.interrupted": "true"}, status="KILLED")
+            tracking.finish_parent_run(uri, self.parent, tags={tracking.INTERRUPTED_TAG: "true"}, status="KILLED")
             log(f"interrupted: continue with --resume (experiment {cfg.experiment!r}, storage {cfg.storage_path})")
             return None
         answer = sweep_answer(uri, self.parent)
-        metrics, tags = answer.metrics(cfg.metric), {"iakd.interrupted": "false"}
+        metrics, tags = answer.metrics(cfg.metric), {tracking.INTERRUPTED_TAG: "false"}
         if best is not None:
             tags.update({"best_trial": best.name, "best_run_id": best.run_id or "",
                          "best_config": ", ".join(f"{k}={format_value(v)}" for k, v in best.overrides.items())})
@@ -325,8 +324,8 @@ def _methods_in(experiment: Experiment) -> set[str]:
 
 def _run_ids(tracking_uri: str, parent_run_id: str) -> dict[str, str]:
     """Tune trial id -> MLflow run id, for the children of a sweep (the trial-id tag is the one link)."""
-    return {r.data.tags[TRIAL_TAG]: r.info.run_id for r in tracking.child_runs(tracking_uri, parent_run_id)
-            if TRIAL_TAG in r.data.tags}
+    return {r.data.tags[tracking.TRIAL_TAG]: r.info.run_id for r in tracking.child_runs(tracking_uri, parent_run_id)
+            if tracking.TRIAL_TAG in r.data.tags}
 
 
 def confirm_candidates(ranked: list[TrialSummary], top_k: int, baselines: list[str],

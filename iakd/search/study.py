@@ -17,6 +17,7 @@ import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 from iakd import tracking
+from iakd.search.storage import is_uri
 
 __all__ = ["LinkedOptunaSearch", "study_name", "default_storage", "TUNE_TRIAL_ATTR", "MLFLOW_RUN_ATTR"]
 
@@ -37,7 +38,7 @@ def default_storage(tracking_uri: str, storage_path: str) -> str:
     if database is not None:
         folder = database.parent
     else:
-        folder = Path(".") if "://" in storage_path else Path(storage_path)
+        folder = Path(".") if is_uri(storage_path) else Path(storage_path)
     return f"sqlite:///{(folder / 'optuna.db').absolute()}"
 
 

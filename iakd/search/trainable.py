@@ -20,7 +20,7 @@ import ray
 import torch
 from ray import tune
 
-from iakd import tracking
+from iakd import outcomes, tracking
 from iakd.checkpoint import copy_atomic, load_file
 from iakd.config import TrainConfig, from_dict, to_dict
 from iakd.engine import compute_changes, train
@@ -30,12 +30,8 @@ from iakd.search import storage
 from iakd.search.space import apply_trial, trial_overrides
 
 __all__ = ["TrialContext", "EpochLog", "run_trial", "trial_config", "trial_name", "baseline_name", "confirm_name",
-           "CloseTrialRuns", "CANDIDATE_KEY", "TRIAL_TAG"]
+           "CloseTrialRuns"]
 
-TRIAL_TAG = tracking.TRIAL_TAG
-# A confirmation trial's config names the configuration it re-trains (a searched trial's name, or a baseline
-# method), under the name of the tag its run carries; it is not a run-config key, so trial_overrides drops it.
-CANDIDATE_KEY = tracking.CANDIDATE_TAG
 
 
 @dataclass(frozen=True)
@@ -57,8 +53,8 @@ def trial_config(context: TrialContext, config: dict[str, Any]) -> TrainConfig:
     """The run config of one trial: the base config with the trial's dotted overrides (for a confirmation
     trial, its candidate's overrides and then its own seed)."""
     overrides = trial_overrides(config)
-    if CANDIDATE_KEY in config:
-        overrides = {**context.candidates[config[CANDIDATE_KEY]], **overrides}
+    if tracking.CANDIDATE_TAG in config:
+        overrides = {**context.candidates[config[tracking.CANDIDATE_TAG]], **overrides}
     cfg = from_dict(apply_trial(context.base, overrides))
     if context.teacher_path is not None:
         cfg.teacher.checkpoint = context.teacher_path
@@ -69,13 +65,13 @@ def _tags(cfg: TrainConfig, context: TrialContext, trial_id: str, config: dict[s
     swaps = METHODS[cfg.method.name].uses_swap
     tags = {
         "teacher": cfg.teacher.arch, "student": cfg.student.arch, "dataset": cfg.data.name, "method": cfg.method.name,
-        "schedule_family": cfg.schedule["family"] if swaps else "none",
+        tracking.FAMILY_TAG: cfg.schedule["family"] if swaps else "none",
         "granularity": str(cfg.method.granularity) if swaps else "none",
-        TRIAL_TAG: trial_id, tracking.ROLE_TAG: context.role,
+        tracking.TRIAL_TAG: trial_id, tracking.ROLE_TAG: context.role,
         "node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
     }
-    if CANDIDATE_KEY in config:
-        tags[tracking.CANDIDATE_TAG] = str(config[CANDIDATE_KEY])
+    if tracking.CANDIDATE_TAG in config:
+        tags[tracking.CANDIDATE_TAG] = str(config[tracking.CANDIDATE_TAG])
     elif context.role == "baseline":  # a confirmation on the same seeds reuses it as its baseline
         tags[tracking.CANDIDATE_TAG] = tracking.baseline_label(cfg.method.name, cfg.student.init)
     if context.teacher_warning:
@@ -106,7 +102,7 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
 
 
 def _train_and_log(cfg: TrainConfig, context: TrialContext, trial, restored: str | None, config: dict) -> None:
-    trial_tag = {TRIAL_TAG: trial.get_trial_id()}
+    trial_tag = {tracking.TRIAL_TAG: trial.get_trial_id()}
     resume_from, done, run_id = None, [], None
     changed: dict[str, tuple[Any, Any]] = {}
     if restored is not None:
@@ -156,10 +152,10 @@ def _train_and_log(cfg: TrainConfig, context: TrialContext, trial, restored: str
     finally:
         log_file.close()
     epochs.flush()  # epochs after the last evaluated one, before a divergence ended the run
-    run.set_tags({"status": result["status"]})
+    run.set_tags({tracking.STATUS_TAG: result["status"]})
     run.log_artifact(Path(cfg.out_dir) / "student.pt")
     run.log_artifact(log_path)
-    run.finish("FAILED" if result["status"] == "diverged" else "FINISHED")
+    run.finish("FAILED" if result["status"] == outcomes.DIVERGED else "FINISHED")
 
 
 class EpochLog:
@@ -209,7 +205,7 @@ def baseline_name(trial) -> str:
 
 def confirm_name(trial) -> str:
     """confirm_<candidate>_seed<seed>: what is re-trained, on which seed."""
-    return f"confirm_{trial.config[CANDIDATE_KEY]}_seed{trial.config['seed']}"
+    return f"confirm_{trial.config[tracking.CANDIDATE_TAG]}_seed{trial.config['seed']}"
 
 
 class CloseTrialRuns(tune.Callback):
@@ -221,13 +217,13 @@ class CloseTrialRuns(tune.Callback):
         self.parent_run_id = parent_run_id
 
     def _close(self, trial, status: str, tags: dict[str, str]) -> None:
-        run_id = tracking.find_child(self.tracking_uri, self.parent_run_id, {TRIAL_TAG: trial.trial_id})
+        run_id = tracking.find_child(self.tracking_uri, self.parent_run_id, {tracking.TRIAL_TAG: trial.trial_id})
         if run_id:
             tracking.close_run(self.tracking_uri, run_id, status=status, tags=tags)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         stopped_at = str((trial.last_result or {}).get("epoch"))
-        self._close(trial, "FINISHED", {"status": "stopped_early", "stopped_at_epoch": stopped_at})
+        self._close(trial, "FINISHED", {tracking.STATUS_TAG: outcomes.STOPPED_EARLY, "stopped_at_epoch": stopped_at})
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        self._close(trial, "FAILED", {"status": "error"})
+        self._close(trial, "FAILED", {tracking.STATUS_TAG: outcomes.ERROR})
