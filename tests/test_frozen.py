@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from iakd import methods, models
-from iakd.frozen import fold_batchnorm, foldable_pairs, freeze_teacher
+from iakd.frozen import UnfoldedWarning, fold_batchnorm, foldable_pairs, freeze_teacher
 from iakd.hybrid import HybridNet
 from iakd.models import ZooModel
 
@@ -231,6 +231,29 @@ def test_a_plain_conv_batchnorm_block_is_folded():
     model = _Toy(_Block(lambda b, x: F.relu(b.bn(b.conv(x))), conv=_conv(), bn=_bn()))
     _check_toy(model, 1)
     assert fold_batchnorm(model) == 1 and isinstance(model.blocks[0].bn, nn.Identity)
+
+
+def test_a_block_that_cannot_be_traced_keeps_its_batchnorms_and_says_so():
+    def untraceable(b, x):
+        y = b.bn(b.conv(x))
+        return torch.stack([row for row in y])  # iterating over a traced tensor: torch.fx cannot trace it
+
+    model = _Toy(_Block(lambda b, x: F.relu(b.bn(b.conv(x))), conv=_conv(), bn=_bn()),
+                 _Block(untraceable, conv=_conv(), bn=_bn()))
+    with pytest.warns(UnfoldedWarning, match=r"_Toy's stage 1 block 2 cannot be traced .*BatchNorms are not folded"):
+        _check_toy(model, 1)  # the first block folds, the second keeps its BN, the logits stay the same
+    with pytest.warns(UnfoldedWarning):
+        frozen = freeze_teacher(model)
+    assert isinstance(frozen.blocks[0].bn, nn.Identity) and isinstance(frozen.blocks[1].bn, nn.BatchNorm2d)
+
+
+def test_every_zoo_model_folds_without_a_warning():
+    import warnings
+
+    for arch in models.ARCHS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UnfoldedWarning)
+            foldable_pairs(models.build(arch, 10))
 
 
 def test_a_method_on_the_folded_teacher_trains_and_saves_the_same_state():
