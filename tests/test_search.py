@@ -25,6 +25,8 @@ def tiny(tmp):
             "confirm.top_k=0", f"storage_path={tmp}/ray", f"tracking_uri=sqlite:///{tmp}/mlflow.db"]
 
 
+SWEEP_READS: list[str | None] = []  # the sweeps the module's search read back from MLflow, in order
+
 # The module's sweep confirms its best trial and the baselines on two fresh seeds, then writes its report.
 CONFIRM = ["confirm.top_k=1", "confirm.seeds=[1, 2]"]
 
@@ -46,12 +48,22 @@ def sweep(tmp_path_factory):
     os.environ.update(RAY_TMPDIR=ray_tmp, TMPDIR=str(tmp / "node"))
     (tmp / "node").mkdir()
     ray.init(address="local", num_cpus=2, include_dashboard=False)
+    from iakd.analysis import export
+
+    load_sweep = export.load_sweep
+
+    def counted(*args, **kwargs):
+        SWEEP_READS.append(kwargs.get("parent_run_id"))
+        return load_sweep(*args, **kwargs)
+
+    export.load_sweep = counted  # how often the search reads its sweep back from MLflow
     try:
         # Storage behind a URI (file:// takes the same pyarrow path as s3://): the teacher is published there.
         overrides = [*tiny(tmp), *CONFIRM, f"storage_path=file://{tmp}/store", f"run.teacher.cache_dir={tmp}/driver"]
         os.chdir(tmp)  # the report goes to ./analysis_out/<experiment>
         summary = run_search(load_experiment(CONFIG, overrides), verbose=0, log=lambda _: None)
     finally:
+        export.load_sweep = load_sweep
         os.chdir(cwd)
         ray.shutdown()
         for key, value in previous.items():
@@ -61,6 +73,27 @@ def sweep(tmp_path_factory):
     experiment = client.get_experiment_by_name("iakd-digits")
     runs = client.search_runs([experiment.experiment_id])
     return summary, format_summary(summary), client, runs
+
+
+def test_the_search_reads_its_sweep_back_from_mlflow_once_for_its_answer_and_report(sweep):
+    summary, _, _, _ = sweep
+    assert summary.answer is not None and summary.answer.confirmed
+    assert (Path(summary.tracking_uri.removeprefix("sqlite:///")).parent / "analysis_out" / "iakd-digits"
+            / "report.md").is_file()
+    assert SWEEP_READS == [summary.parent_run_id]
+
+
+def test_the_ranking_counts_only_trials_that_finished_or_were_stopped_early_best_score_first():
+    from iakd.search.runner import rank
+    from iakd.search.summary import TrialSummary
+
+    def trial(name, score, outcome="finished"):
+        return TrialSummary(name, {}, score, 80.0, 10, None, outcome)
+
+    trials = [trial("search_b", 90.0), trial("search_a", 90.0), trial("search_c", 95.0, "stopped_early"),
+              trial("search_d", 99.0, "diverged"), trial("search_e", 99.0, "error"),
+              trial("search_f", 99.0, "unfinished"), trial("search_g", float("nan")), trial("search_h", 50.0)]
+    assert [t.name for t in rank(trials)] == ["search_c", "search_a", "search_b", "search_h"]
 
 
 def test_one_parent_run_per_sweep(sweep):

@@ -156,18 +156,6 @@ def _param_int(params: Mapping[str, str], key: str) -> int | None:
     return None if number is None or not math.isfinite(number) else int(number)
 
 
-def _outcome(status: str, status_tag: str | None) -> str:
-    """The run's fate: its ``status`` tag when it has one, else what MLflow's status implies."""
-    if status in tracking.OPEN_STATUSES:
-        return outcomes.UNFINISHED  # a tag may be there from an earlier attempt; the run is not over
-    if status_tag == outcomes.STOPPED:  # the engine's word for "a callback stopped it"
-        return outcomes.STOPPED_EARLY
-    if status_tag:
-        return status_tag
-    by_status = {"FINISHED": outcomes.FINISHED, "FAILED": outcomes.ERROR, "KILLED": outcomes.KILLED}
-    return by_status.get(status, status.lower())
-
-
 # ------------------------------------------------------------------------------------------- reading
 
 
@@ -256,7 +244,7 @@ def _run_row(run: Run, parent_run_id: str, epoch_rows: list[dict[str, Any]]) -> 
     judged, best = judged_epochs(logged), best_judged_epoch(logged)
     epochs = final("epochs", float(last["epoch"]) if epoch_rows else None)
     images = last.get("images_seen")
-    outcome = _outcome(run.info.status, tags.get(tracking.STATUS_TAG))
+    outcome = outcomes.of_run(run.info.status, tags.get(tracking.STATUS_TAG))
     return {
         "run_id": run.info.run_id,
         "parent_run_id": parent_run_id,

@@ -27,7 +27,7 @@ from iakd.analysis.stats import Interval, mean_interval
 from iakd.checkpoint import write_text_atomic
 from iakd.errors import ConfigError
 
-__all__ = ["ARTIFACT_PATH", "REPORT_NAME", "analyse", "write_report"]
+__all__ = ["ARTIFACT_PATH", "REPORT_NAME", "analyse", "publish_report", "write_report"]
 
 ARTIFACT_PATH = "analysis"  # the folder of the parent run's artifacts that holds the report
 REPORT_NAME = "report.md"
@@ -300,9 +300,13 @@ def analyse(tracking_uri: str, experiment: str | None = None, parent_run_id: str
     defaults to ``analysis_out/<experiment>``. A missing store, experiment or run, or a sweep without one
     finished run, raises :class:`~iakd.errors.ConfigError` with a one-line message.
     """
-    sweep = load_sweep(tracking_uri, experiment, parent_run_id)
+    return publish_report(load_sweep(tracking_uri, experiment, parent_run_id), out_dir, log_to_mlflow)
+
+
+def publish_report(sweep: Sweep, out_dir: str | Path | None = None, log_to_mlflow: bool = True) -> Path:
+    """:func:`analyse` on a sweep already read (the search's closing stage reads it once, for its answer too)."""
     folder = Path(out_dir) if out_dir is not None else default_out_dir(sweep.experiment)
     report = write_report(sweep, folder)
     if log_to_mlflow:
-        tracking.mlflow_client(tracking_uri).log_artifacts(sweep.parent_run_id, str(folder), ARTIFACT_PATH)
+        tracking.mlflow_client(sweep.tracking_uri).log_artifacts(sweep.parent_run_id, str(folder), ARTIFACT_PATH)
     return report

@@ -8,21 +8,22 @@ confirmation), and the sweep's answer (:mod:`iakd.analysis.results`) logged to t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import ray
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 
-from iakd import tracking
+from iakd import outcomes, tracking
 from iakd.analysis.results import SweepResults, sweep_results
 from iakd.config import MethodConfig, to_dict
-from iakd.judging import evaluated, judged_epochs
+from iakd.judging import best_judged_epoch, evaluated
 from iakd.methods import METHODS
 from iakd.search import preflight
 from iakd.search.experiment import Experiment, ExperimentConfig
@@ -40,7 +41,12 @@ from iakd.search.trainable import (
     trial_name,
 )
 
-__all__ = ["run_search", "confirm_candidates", "student_inits", "sweep_answer"]
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
+    from iakd.analysis.export import Sweep
+
+__all__ = ["run_search", "confirm_candidates", "rank", "student_inits", "sweep_answer"]
 
 # A baseline trains with its method's standard loss weights and temperature (KD: 0.1 / 0.9 at T = 4), whatever the
 # base run sets for IAKD.
@@ -49,8 +55,10 @@ BASELINE_WEIGHTS: dict[str, Any] = {"method.ce_weight": None, "method.kd_weight"
 METHODS_USING_TEACHER = frozenset(name for name, cls in METHODS.items() if cls.uses_teacher)
 
 
-def _summaries(results: tune.ResultGrid, metric: str, mode: str, run_ids: dict[str, str]) -> list[TrialSummary]:
-    """One summary per trial that reported; ``run_ids`` maps Tune trial ids to MLflow run ids."""
+def _summaries(results: tune.ResultGrid, runs: dict[str, Run]) -> list[TrialSummary]:
+    """One summary per trial that reached an evaluation, from Tune's results; ``runs`` maps Tune trial ids to the
+    trials' MLflow runs, whose status says how each ended (a divergence ends a trial as quietly as its last epoch).
+    The score is the run's ``best_val_acc`` by the one rule (:func:`iakd.judging.best_judged_epoch`)."""
     out = []
     for r in results:
         if r.metrics_dataframe is None or r.metrics_dataframe.empty:
@@ -58,18 +66,35 @@ def _summaries(results: tune.ResultGrid, metric: str, mode: str, run_ids: dict[s
         # Tune's table holds NaN where an epoch lacks a metric (one reported for its checkpoint, not evaluated)
         history = [{k: v for k, v in h.items() if not (isinstance(v, float) and math.isnan(v))}
                    for h in r.metrics_dataframe.to_dict("records")]
-        judged = [h[metric] for h in judged_epochs(history)]  # evaluated epochs after the handover only
-        if not judged:  # it never reached an evaluation
+        last = next((h for h in reversed(history) if evaluated(h)), None)
+        if last is None:  # it never reached an evaluation
             continue
+        best = best_judged_epoch(history)
+        run = runs.get(str(r.metrics.get("trial_id")))
+        if r.error is not None:
+            outcome = outcomes.ERROR
+        elif run is None:
+            outcome = outcomes.UNFINISHED
+        else:
+            outcome = outcomes.of_run(run.info.status, run.data.tags.get(tracking.STATUS_TAG))
         out.append(TrialSummary(
             name=str(r.metrics.get("trial_name", Path(r.path).name)),
             overrides=dict(r.config),
-            score=float(max(judged) if mode == "max" else min(judged)),
-            last_test_acc=float(next(h for h in reversed(history) if evaluated(h))["test_acc"]),
+            score=float(best["val_acc"]) if best is not None else math.nan,
+            last_test_acc=float(last["test_acc"]),
             epochs=int(history[-1]["epoch"]),
-            run_id=run_ids.get(str(r.metrics.get("trial_id"))),
+            run_id=run.info.run_id if run is not None else None,
+            outcome=outcome,
         ))
     return out
+
+
+def rank(trials: list[TrialSummary]) -> list[TrialSummary]:
+    """The searched trials that count (finished, or stopped early by ASHA, with a finite score), best score first,
+    ties by name: the search's ranking on validation, as :func:`iakd.analysis.results.search_ranking` orders the
+    same trials from MLflow for the report."""
+    counted = [t for t in trials if t.outcome in outcomes.USABLE and math.isfinite(t.score)]
+    return sorted(counted, key=lambda t: (-t.score, t.name))
 
 
 # A trial's process is kept for the next trial of its stage instead of a new one per trial: starting Python and
@@ -173,7 +198,7 @@ def _run_stages(experiment: Experiment, parent: str, uri: str, teacher_path: str
     trials: list[TrialSummary] = []
     if not interrupted:
         trials, interrupted = stages.search()
-    ranked = stages.ranking(trials)  # chosen once, on validation: the confirmation re-trains its top
+    ranked = rank(trials)  # chosen once, on validation: the confirmation re-trains its top
     if not interrupted:
         interrupted = stages.confirmation(ranked)
     answer = stages.close(ranked[0] if ranked else None, baselines, interrupted, analysis, log)
@@ -229,7 +254,7 @@ class _Stages:
                                             reuse_actors=REUSE_ACTORS, trial_name_creator=baseline_name,
                                             trial_dirname_creator=baseline_name),
                             f"{cfg.experiment}-baselines")
-        summaries = _summaries(results, cfg.metric, cfg.mode, _run_ids(self.uri, self.parent))
+        summaries = _summaries(results, _trial_runs(self.uri, self.parent))
         return summaries, _unfinished(results, len(cfg.baselines.methods) * len(cfg.baselines.seeds) * len(inits))
 
     def search(self) -> tuple[list[TrialSummary], bool]:
@@ -252,16 +277,7 @@ class _Stages:
                                             trial_name_creator=trial_name, trial_dirname_creator=trial_name,
                                             search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.max_concurrent)),
                             cfg.experiment)
-        return _summaries(results, cfg.metric, cfg.mode, _run_ids(self.uri, self.parent)), \
-            _unfinished(results, cfg.num_samples)
-
-    def ranking(self, trials: list[TrialSummary]) -> list[TrialSummary]:
-        """The searched trials in the search's ranking on validation, from their runs as MLflow holds them (the
-        table the report reads); the first is the winner."""
-        if not trials:
-            return []
-        by_name = {t.name: t for t in trials}
-        return [by_name[n] for n in sweep_answer(self.uri, self.parent).ranking["run_name"] if n in by_name]
+        return _summaries(results, _trial_runs(self.uri, self.parent)), _unfinished(results, cfg.num_samples)
 
     def confirmation(self, ranked: list[TrialSummary]) -> bool:
         """The top of the ranking trained again on fresh seeds, beside baselines on the same seeds (those the
@@ -290,7 +306,10 @@ class _Stages:
             tracking.finish_parent_run(uri, self.parent, tags={tracking.INTERRUPTED_TAG: "true"}, status="KILLED")
             log(f"interrupted: continue with --resume (experiment {cfg.experiment!r}, storage {cfg.storage_path})")
             return None
-        answer = sweep_answer(uri, self.parent)
+        from iakd.analysis.export import load_sweep  # pandas and pyarrow: only once a sweep has runs
+
+        sweep = load_sweep(uri, parent_run_id=self.parent)  # the one read-back: the answer and the report
+        answer = sweep_results(sweep.runs.to_pandas())
         metrics, tags = answer.metrics(cfg.metric), {tracking.INTERRUPTED_TAG: "false"}
         if best is not None:
             tags.update({"best_trial": best.name, "best_run_id": best.run_id or "",
@@ -298,8 +317,9 @@ class _Stages:
         for b in baselines:
             metrics[f"baseline_{b.overrides.get('method.name')}_seed{b.overrides.get('seed')}_{cfg.metric}"] = b.score
         tracking.finish_parent_run(uri, self.parent, metrics=metrics, tags=tags)
-        if cfg.analysis and analysis:  # once the parent is closed: the report describes the sweep as it ended
-            tracking.set_tags(uri, self.parent, {"iakd.analysis": _analyse(uri, self.parent, log)})
+        if cfg.analysis and analysis:  # the report describes the sweep as it ended: its parent closed, FINISHED
+            ended = dataclasses.replace(sweep, parent_status="FINISHED", interrupted=False)
+            tracking.set_tags(uri, self.parent, {"iakd.analysis": _analyse(ended, log)})
         return answer
 
 
@@ -322,9 +342,10 @@ def _methods_in(experiment: Experiment) -> set[str]:
     return set(experiment.config.baselines.methods) | names
 
 
-def _run_ids(tracking_uri: str, parent_run_id: str) -> dict[str, str]:
-    """Tune trial id -> MLflow run id, for the children of a sweep (the trial-id tag is the one link)."""
-    return {r.data.tags[tracking.TRIAL_TAG]: r.info.run_id for r in tracking.child_runs(tracking_uri, parent_run_id)
+def _trial_runs(tracking_uri: str, parent_run_id: str) -> dict[str, Run]:
+    """Tune trial id -> MLflow run (its status and tags, no metric history), for the children of a sweep (the
+    trial-id tag is the one link)."""
+    return {r.data.tags[tracking.TRIAL_TAG]: r for r in tracking.child_runs(tracking_uri, parent_run_id)
             if tracking.TRIAL_TAG in r.data.tags}
 
 
@@ -349,12 +370,12 @@ def student_inits(experiment: Experiment) -> list[str]:
     return [spec.value if isinstance(spec, Fixed) else experiment.base.student.init]
 
 
-def _analyse(tracking_uri: str, parent: str, log: Callable[[str], None]) -> str:
+def _analyse(sweep: Sweep, log: Callable[[str], None]) -> str:
     """The sweep's report, logged to its parent run; a failure is reported, not raised: the sweep is done."""
     try:
-        from iakd.analysis.report import analyse  # matplotlib and pandas: only when a report is made
+        from iakd.analysis.report import publish_report  # matplotlib: only when a report is made
 
-        report = analyse(tracking_uri, parent_run_id=parent)  # to analysis_out/<experiment>, as the CLI
+        report = publish_report(sweep)  # to analysis_out/<experiment>, as the CLI
     except Exception as error:  # noqa: BLE001 - the trials' results stand whatever the plots do
         log(f"analysis failed ({type(error).__name__}: {error}); run python analysis/ablations.py to retry")
         return "failed"

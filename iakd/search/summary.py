@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from iakd import outcomes
 from iakd.analysis.results import SweepResults
 from iakd.tracking import baseline_label
 
@@ -21,6 +22,7 @@ class TrialSummary:
     last_test_acc: float
     epochs: int
     run_id: str | None
+    outcome: str = outcomes.FINISHED  # how it ended (iakd.outcomes): only finished or stopped early ones are ranked
 
 
 @dataclass
