@@ -3,10 +3,11 @@
 from pathlib import Path
 
 import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from iakd.errors import ConfigError
 from iakd.search.experiment import load_experiment
-from iakd.search.space import Choice, Fixed, FloatRange
+from iakd.search.space import Fixed
 
 CONFIG = Path(__file__).resolve().parents[1] / "tune" / "configs" / "digits.yaml"
 
@@ -20,9 +21,9 @@ def test_space_overrides_replace_whole_entries_under_their_dotted_keys():
         "num_samples=3",
     ])
     params = experiment.space.params
-    assert params["schedule.p0"] == FloatRange(0.2, 0.6)
+    assert params["schedule.p0"] == FloatDistribution(0.2, 0.6)
     assert params["schedule.profile"] == Fixed("uniform")
-    assert params["schedule.family"] == Choice(("linear", "exponential"))
+    assert params["schedule.family"] == CategoricalDistribution(("linear", "exponential"))
     assert experiment.config.num_samples == 3
     assert "schedule" not in experiment.config.space  # no nested section was made beside the flat keys
 
@@ -30,7 +31,7 @@ def test_space_overrides_replace_whole_entries_under_their_dotted_keys():
 def test_a_space_override_can_add_a_key_and_null_takes_one_out():
     experiment = load_experiment(CONFIG, ["space.optim.lr={low: 0.01, high: 0.1, log: true}",
                                           "space.schedule.interval=null"])
-    assert experiment.space.params["optim.lr"] == FloatRange(0.01, 0.1, log=True)
+    assert experiment.space.params["optim.lr"] == FloatDistribution(0.01, 0.1, log=True)
     assert "schedule.interval" not in experiment.space.params
     assert "schedule.rate" in experiment.space.params
 

@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from optuna.distributions import CategoricalDistribution
+
 from iakd import models
 from iakd.config import TrainConfig, apply_overrides, build_dataclass, from_dict, parse_overrides, read_yaml, to_dict
 from iakd.errors import ConfigError
 from iakd.methods import METHODS
 from iakd.models import blocks_per_stage
-from iakd.search.space import Choice, Fixed, SearchSpace, build_space
+from iakd.search.space import Fixed, SearchSpace, build_space
 from iakd.search.storage import is_uri
 from iakd.transplant import transplant_plan
 from iakd.units import canonical_granularity, valid_granularities
@@ -172,7 +174,8 @@ def validate(values: Mapping[str, Any]) -> Experiment:
     space = build_space(_canonical_granularities(cfg.space, base.student.arch, base.teacher.arch, pair),
                         valid_granularities=valid)
     init = space.params.get("student.init")
-    inits = init.values if isinstance(init, Choice) else (init.value,) if isinstance(init, Fixed) else ()
+    inits = (init.choices if isinstance(init, CategoricalDistribution)
+             else (init.value,) if isinstance(init, Fixed) else ())
     if "teacher" in inits and not transplant_plan(base.student.arch, base.teacher.arch):
         raise ConfigError(f"space.student.init: 'teacher' is impossible for {pair}: no part of the teacher has the "
                           "student's shapes (stem, blocks and classifier all differ)")

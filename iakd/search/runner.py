@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 import ray
+from optuna.distributions import CategoricalDistribution
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 
@@ -28,7 +29,7 @@ from iakd.methods import METHODS
 from iakd.search import preflight
 from iakd.search.experiment import Experiment, ExperimentConfig
 from iakd.search.scheduler import HandoverASHA
-from iakd.search.space import Choice, Fixed
+from iakd.search.space import Fixed
 from iakd.search.study import LinkedOptunaSearch, default_storage, study_name
 from iakd.search.summary import SearchSummary, TrialSummary, format_value
 from iakd.search.teacher import check_teacher, share_teacher
@@ -333,8 +334,8 @@ def sweep_answer(tracking_uri: str, parent_run_id: str) -> SweepResults:
 def _methods_in(experiment: Experiment) -> set[str]:
     """Every method a trial of this experiment may run: the baselines and the searched or fixed method.name."""
     spec = experiment.space.params.get("method.name")
-    if isinstance(spec, Choice):
-        names = set(spec.values)
+    if isinstance(spec, CategoricalDistribution):
+        names = set(spec.choices)
     elif isinstance(spec, Fixed):
         names = {spec.value}
     else:
@@ -365,8 +366,8 @@ def student_inits(experiment: Experiment) -> list[str]:
     """The student initialisations a searched trial may use (``student.init`` of the space, or of the run config):
     the baselines are trained from each, so that every configuration meets CE and KD from its own start."""
     spec = experiment.space.params.get("student.init")
-    if isinstance(spec, Choice):
-        return list(dict.fromkeys(spec.values))
+    if isinstance(spec, CategoricalDistribution):
+        return list(dict.fromkeys(spec.choices))
     return [spec.value if isinstance(spec, Fixed) else experiment.base.student.init]
 
 

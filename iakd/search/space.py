@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from iakd import schedules
 from iakd.config import TrainConfig, apply_overrides, from_dict
@@ -37,8 +38,8 @@ from iakd.methods import kd_methods, swap_methods
 from iakd.schedules import FAMILIES
 from iakd.units import parse_granularity
 
-__all__ = ["Choice", "FloatRange", "IntRange", "Fixed", "ParamSpec", "SearchSpace", "CONDITIONS",
-           "build_space", "trial_overrides", "apply_trial"]
+__all__ = ["Distribution", "Fixed", "ParamSpec", "SearchSpace", "CONDITIONS", "build_space", "suggest", "to_yaml",
+           "trial_overrides", "apply_trial"]
 
 # key -> (controlling key, the controlling values under which the key is used).
 CONDITIONS: dict[str, tuple[str, frozenset[Any]]] = {
@@ -57,59 +58,34 @@ CONDITIONS: dict[str, tuple[str, frozenset[Any]]] = {
 # Parameter specs
 
 
-@dataclass(frozen=True)
-class Choice:
-    """A categorical choice; values may mix str and int (Optuna accepts None, bool, int, float and str)."""
-
-    values: tuple[Any, ...]
-
-    def suggest(self, trial: optuna.Trial, name: str) -> Any:
-        return trial.suggest_categorical(name, list(self.values))
-
-    def to_yaml(self) -> list[Any]:
-        return list(self.values)
+# A searched key is one of Optuna's own distributions (they validate low, high, log and step themselves):
+# CategoricalDistribution for a list, FloatDistribution or IntDistribution for a range.
+Distribution = CategoricalDistribution | FloatDistribution | IntDistribution
 
 
-@dataclass(frozen=True)
-class FloatRange:
-    """A float in [low, high], uniform or log-uniform, optionally on a grid of ``step``."""
-
-    low: float
-    high: float
-    log: bool = False
-    step: float | None = None
-
-    def suggest(self, trial: optuna.Trial, name: str) -> float:
-        return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
-
-    def to_yaml(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"low": self.low, "high": self.high}
-        if self.log:
-            out["log"] = True
-        if self.step is not None:
-            out["step"] = self.step
-        return out
+def suggest(trial: optuna.Trial, name: str, spec: Distribution) -> Any:
+    """Ask ``trial`` for ``name`` from ``spec`` through the public suggest API."""
+    if isinstance(spec, CategoricalDistribution):
+        return trial.suggest_categorical(name, list(spec.choices))
+    if isinstance(spec, IntDistribution):
+        return trial.suggest_int(name, spec.low, spec.high, step=spec.step, log=spec.log)
+    return trial.suggest_float(name, spec.low, spec.high, step=spec.step, log=spec.log)
 
 
-@dataclass(frozen=True)
-class IntRange:
-    """An integer in [low, high], uniform or log-uniform, every ``step``."""
-
-    low: int
-    high: int
-    log: bool = False
-    step: int = 1
-
-    def suggest(self, trial: optuna.Trial, name: str) -> int:
-        return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
-
-    def to_yaml(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"low": self.low, "high": self.high, "type": "int"}
-        if self.log:
-            out["log"] = True
-        if self.step != 1:
-            out["step"] = self.step
-        return out
+def to_yaml(spec: ParamSpec) -> Any:
+    """A spec as the space's YAML writes it: a list, a range mapping, or the fixed value."""
+    if isinstance(spec, Fixed):
+        return spec.value
+    if isinstance(spec, CategoricalDistribution):
+        return list(spec.choices)
+    out: dict[str, Any] = {"low": spec.low, "high": spec.high}
+    if isinstance(spec, IntDistribution):
+        out["type"] = "int"
+    if spec.log:
+        out["log"] = True
+    if spec.step is not None and not (isinstance(spec, IntDistribution) and spec.step == 1):
+        out["step"] = spec.step
+    return out
 
 
 @dataclass(frozen=True)
@@ -118,11 +94,8 @@ class Fixed:
 
     value: Any
 
-    def to_yaml(self) -> Any:
-        return self.value
 
-
-ParamSpec = Choice | FloatRange | IntRange | Fixed
+ParamSpec = CategoricalDistribution | FloatDistribution | IntDistribution | Fixed
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -153,12 +126,12 @@ class SearchSpace:
             if isinstance(spec, Fixed):
                 decided[key] = constants[key] = spec.value
             else:
-                decided[key] = spec.suggest(trial, key)
+                decided[key] = suggest(trial, key, spec)
         return constants
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML form (``auto`` granularity spelled out), e.g. to log as the sweep's search space."""
-        return {key: spec.to_yaml() for key, spec in self.params.items()}
+        return {key: to_yaml(spec) for key, spec in self.params.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -193,7 +166,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _parse_range(key: str, raw: Mapping[str, Any]) -> FloatRange | IntRange:
+def _parse_range(key: str, raw: Mapping[str, Any]) -> FloatDistribution | IntDistribution:
     where = f"space.{key}"
     unknown = set(raw) - {"low", "high", "log", "step", "type"}
     if unknown:
@@ -207,24 +180,21 @@ def _parse_range(key: str, raw: Mapping[str, Any]) -> FloatRange | IntRange:
     log, step, kind = raw.get("log", False), raw.get("step"), raw.get("type", "float")
     if kind not in ("float", "int"):
         raise ConfigError(f"{where}: type {kind!r} is not 'float' or 'int'")
-    if low > high:
-        raise ConfigError(f"{where}: low {low!r} > high {high!r}")
     if not isinstance(log, bool):
         raise ConfigError(f"{where}: log {log!r} is not true or false")
-    if log and low <= 0:
-        raise ConfigError(f"{where}: a log range needs low > 0, got low {low!r}")
-    if step is not None and (not _is_number(step) or step <= 0):
-        raise ConfigError(f"{where}: step {step!r} is not a positive number")
-    if log and step is not None:
-        raise ConfigError(f"{where}: log and step cannot be combined (Optuna samples either)")
-    if kind == "int":
-        if any(v is not None and not isinstance(v, int) for v in (low, high, step)):
-            raise ConfigError(f"{where}: an int range needs integer low, high and step, got {dict(raw)!r}")
-        return IntRange(low, high, log, 1 if step is None else step)
+    if step is not None and not _is_number(step):
+        raise ConfigError(f"{where}: step {step!r} is not a number")
+    if kind == "int" and any(v is not None and not isinstance(v, int) for v in (low, high, step)):
+        raise ConfigError(f"{where}: an int range needs integer low, high and step, got {dict(raw)!r}")
     # A float range on an integer key would hand the trainer 45.3 epochs; say how to fix it instead.
-    if int in _members(_KEY_TYPES[key]) and float not in _members(_KEY_TYPES[key]):
+    if kind == "float" and int in _members(_KEY_TYPES[key]) and float not in _members(_KEY_TYPES[key]):
         raise ConfigError(f"{where}: an integer key; write the range as {{low: {low}, high: {high}, type: int}}")
-    return FloatRange(float(low), float(high), log, None if step is None else float(step))
+    try:  # Optuna checks the rest (low <= high, low > 0 for log, step > 0, not log and step together)
+        if kind == "int":
+            return IntDistribution(low, high, log=log, step=1 if step is None else step)
+        return FloatDistribution(float(low), float(high), log=log, step=None if step is None else float(step))
+    except ValueError as error:
+        raise ConfigError(f"{where}: {error}") from None
 
 
 def _parse(key: str, raw: Any, valid_granularities: Sequence[str | int]) -> ParamSpec:
@@ -234,13 +204,13 @@ def _parse(key: str, raw: Any, valid_granularities: Sequence[str | int]) -> Para
         raise ConfigError(f"{where}: a list-valued key cannot be in the space; set it in the run config")
     if key == "method.granularity":
         if raw == "auto":
-            return Choice(tuple(valid_granularities))
+            return CategoricalDistribution(tuple(valid_granularities))
         if isinstance(raw, Mapping):
             raise ConfigError(f"{where}: {raw!r} is not auto, a list or one granularity")
     if isinstance(raw, (list, tuple)):
         if not raw:
             raise ConfigError(f"{where}: an empty list leaves nothing to choose; give at least one value")
-        return Choice(tuple(raw))
+        return CategoricalDistribution(tuple(raw))
     if isinstance(raw, Mapping):
         return _parse_range(key, raw)
     return Fixed(raw)
@@ -273,8 +243,8 @@ def _check_value(key: str, value: Any, valid_granularities: Sequence[str | int])
 
 
 def _checked(key: str, spec: ParamSpec, valid_granularities: Sequence[str | int]) -> ParamSpec:
-    if isinstance(spec, Choice):
-        return Choice(tuple(_check_value(key, v, valid_granularities) for v in spec.values))
+    if isinstance(spec, CategoricalDistribution):
+        return CategoricalDistribution(tuple(_check_value(key, v, valid_granularities) for v in spec.choices))
     if isinstance(spec, Fixed):
         return Fixed(_check_value(key, spec.value, valid_granularities))
     for bound in (spec.low, spec.high):  # the run config's checks are intervals, so the ends cover the range
@@ -306,8 +276,8 @@ def build_space(spec: Mapping[str, Any], *, valid_granularities: Sequence[str | 
         if controller not in params:
             raise ConfigError(f"space.{key}: is used only when {controller} is {uses}; "
                               f"add {controller} to the space (a list or a fixed value)")
-        controlling = params[controller]  # a Choice or Fixed: a range already failed the checks of its values
-        possible = set(controlling.values) if isinstance(controlling, Choice) else set()
+        controlling = params[controller]  # categorical or fixed: a range already failed the checks of its values
+        possible = set(controlling.choices) if isinstance(controlling, CategoricalDistribution) else set()
         if isinstance(controlling, Fixed):
             possible = {controlling.value}
         if not possible & enabling:
