@@ -43,20 +43,26 @@ def _specs() -> list[RunSpec]:
     return specs
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("results")
+def _logged(folder, specs: list[RunSpec]):
+    """A finished sweep of ``specs`` in a fresh store under ``folder``: its answer, and the summary it prints."""
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     experiment_id = tracking.connect(uri, EXPERIMENT)
     client = MlflowClient(tracking_uri=uri)
     parent = client.create_run(experiment_id, start_time=T0, run_name=f"sweep-{EXPERIMENT}",
                                tags={"iakd.role": "sweep", "iakd.sweep": EXPERIMENT}).info.run_id
-    for index, spec in enumerate(_specs(), start=1):
+    for index, spec in enumerate(specs, start=1):
         _log(client, experiment_id, parent, spec, T0 + 1000 * index)
     client.set_terminated(parent, "FINISHED")
     answer = sweep_answer(uri, parent)
     printed = format_summary(SearchSummary(EXPERIMENT, parent, uri, "val_acc", None, answer=answer,
                                            experiment_id=experiment_id))
+    return uri, parent, answer, printed
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("results")
+    uri, parent, answer, printed = _logged(folder, _specs())
     report = analyse(uri, parent_run_id=parent, out_dir=folder / "report", log_to_mlflow=False).read_text()
     return answer, printed, answer.metrics(), report
 
@@ -101,11 +107,6 @@ def test_each_place_says_how_many_runs_it_left_out(sweep):
 def test_a_winner_initialised_from_the_teacher_meets_the_kd_trained_from_the_same_initialisation(tmp_path):
     """Confirmation of a teacher-initialised winner beside KD from scratch and KD from the teacher: its difference
     (summary, parent-run metrics) is to ``kd.teacher-init``, and the summary says so."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    experiment_id = tracking.connect(uri, EXPERIMENT)
-    client = MlflowClient(tracking_uri=uri)
-    parent = client.create_run(experiment_id, start_time=T0, run_name=f"sweep-{EXPERIMENT}",
-                               tags={"iakd.role": "sweep", "iakd.sweep": EXPERIMENT}).info.run_id
     kd_init_test = {1: 96.0, 2: 92.5, 3: 95.0}
     specs = [RunSpec("search_a", "search", "iakd", [70, 90], init="teacher")]
     for seed in (1, 2, 3):
@@ -115,28 +116,18 @@ def test_a_winner_initialised_from_the_teacher_meets_the_kd_trained_from_the_sam
                           test=[90, KD_TEST[seed]], init="scratch"),
                   RunSpec(f"confirm_kd.teacher-init_seed{seed}", "confirm", "kd", [85, 90], seed=seed,
                           candidate="kd.teacher-init", test=[90, kd_init_test[seed]], init="teacher")]
-    for index, spec in enumerate(specs, start=1):
-        _log(client, experiment_id, parent, spec, T0 + 1000 * index)
-    client.set_terminated(parent, "FINISHED")
-    answer = sweep_answer(uri, parent)
+    uri, parent, answer, printed = _logged(tmp_path, specs)
     expected = paired_difference(WINNER_TEST, kd_init_test)
     assert expected != paired_difference(WINNER_TEST, KD_TEST)
     assert answer.reference("search_a", "kd") == "kd.teacher-init"
     assert answer.difference("search_a", "kd") == expected
     assert answer.metrics()["confirm_search_a_test_acc_minus_kd"] == pytest.approx(expected.mean, abs=1e-12)
-    printed = format_summary(SearchSummary(EXPERIMENT, parent, uri, "val_acc", None, answer=answer,
-                                           experiment_id=experiment_id))
     row = next(line for line in printed.splitlines() if line.strip().startswith("search_a"))
     assert row.rstrip().endswith(expected.format(signed=True))
     assert "against the KD trained from the same initialisation (search_a against kd.teacher-init)" in printed
 
 
 def _ce_only_sweep(tmp_path, with_ce: bool):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    experiment_id = tracking.connect(uri, EXPERIMENT)
-    client = MlflowClient(tracking_uri=uri)
-    parent = client.create_run(experiment_id, start_time=T0, run_name=f"sweep-{EXPERIMENT}",
-                               tags={"iakd.role": "sweep", "iakd.sweep": EXPERIMENT}).info.run_id
     ce_test = {1: 90.0, 2: 91.0, 3: 89.5}
     specs = [RunSpec("search_a", "search", "iakd", [70, 90])]
     for seed in (1, 2, 3):
@@ -145,12 +136,7 @@ def _ce_only_sweep(tmp_path, with_ce: bool):
         if with_ce:
             specs.append(RunSpec(f"confirm_ce_seed{seed}", "confirm", "ce", [85, 90], seed=seed, candidate="ce",
                                  test=[90, ce_test[seed]]))
-    for index, spec in enumerate(specs, start=1):
-        _log(client, experiment_id, parent, spec, T0 + 1000 * index)
-    client.set_terminated(parent, "FINISHED")
-    answer = sweep_answer(uri, parent)
-    printed = format_summary(SearchSummary(EXPERIMENT, parent, uri, "val_acc", None, answer=answer,
-                                           experiment_id=experiment_id))
+    uri, parent, answer, printed = _logged(tmp_path, specs)
     report = analyse(uri, parent_run_id=parent, out_dir=tmp_path / "report", log_to_mlflow=False).read_text()
     return answer, printed, report, ce_test
 
