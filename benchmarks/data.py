@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from iakd.data import CIFAR100_NORMALIZATION, TensorSplit
-from iakd.engine import resolve_device
+from iakd.devices import resolve_device
 
 
 class HWCImages(Dataset):

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from step_time import training_step  # benchmarks/ is the script's folder, first on sys.path
 
+import iakd.devices
 import iakd.engine
 from iakd import methods, models
 from iakd.config import load_config
@@ -159,7 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = iakd.engine.resolve_device(args.device)
+    device = iakd.devices.resolve_device(args.device)
     epochs = args.epochs or (3 if args.quick else 6)
     teacher_arch, student_arch = (args.pair or ("resnet20:resnet8" if args.quick else "resnet56:resnet20")).split(":")
     graphs = {"off": [False], "on": [True], "both": [False, True]}[args.graphs] if device.type == "cuda" else [False]

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from iakd import engine, tracking
+from iakd import engine, judging, teacher_cache, tracking
 from iakd.config import TrainConfig, from_dict, to_dict
 from iakd.search.experiment import load_experiment
 from iakd.search.trainable import EpochLog
@@ -46,7 +46,7 @@ PARTS = ("train", "evaluate", "checkpoint", "logging", "setup")
 @contextlib.contextmanager
 def _timed(spent: dict[str, float]):
     """Wrap the engine's pieces so that their wall time adds up in ``spent`` (undone on exit)."""
-    patches = [(engine._Run, "train_epoch", "train"), (engine, "_evaluate_student", "evaluate"),
+    patches = [(engine._Run, "train_epoch", "train"), (engine, "evaluate_student", "evaluate"),
                (engine._Run, "save", "checkpoint"), (engine, "write_text_atomic", "checkpoint")]
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
 
@@ -87,7 +87,7 @@ def run_once(cfg: TrainConfig, uri: str, *, flush_every_epoch: bool) -> dict[str
 
     def callback(metrics: dict[str, Any], checkpoint: Path | None) -> None:
         epochs.record(metrics)
-        if flush_every_epoch or engine.evaluated(metrics) or checkpoint is not None:
+        if flush_every_epoch or judging.evaluated(metrics) or checkpoint is not None:
             logging(epochs.flush)
 
     with _timed(spent):
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         base["teacher"]["cache_dir"] = str(Path(base["teacher"]["cache_dir"]).resolve())
         if args.epochs:
             base["optim"]["epochs"] = args.epochs
-        engine.prepare_teacher(from_dict(base), log=print)  # outside the timings, as a search does it once
+        teacher_cache.prepare_teacher(from_dict(base), log=print)  # outside the timings, as a search does it once
         shipped = (base["evaluation"]["every"], base["checkpoint_every"])
         print(f"{args.experiment}: {base['teacher']['arch']} -> {base['student']['arch']} on {base['data']['name']}"
               f", {base['optim']['epochs']} epochs; shipped cadence: evaluation.every={shipped[0]}, "

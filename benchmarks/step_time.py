@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from iakd import methods, models
-from iakd.engine import resolve_device
+from iakd.devices import resolve_device
 from iakd.frozen import freeze_teacher
 from iakd.step import Compute, EagerStep, EpochTotals, GraphedStep
 

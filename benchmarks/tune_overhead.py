@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from iakd.config import load_config
-from iakd.engine import resolve_device, train
+from iakd.devices import resolve_device
+from iakd.engine import train
 
 
 def _epochs(args: argparse.Namespace) -> int:

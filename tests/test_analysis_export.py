@@ -381,7 +381,7 @@ def test_a_parent_run_of_another_experiment_is_refused(built):
 
 
 def test_every_result_page_is_read(built, monkeypatch):
-    monkeypatch.setattr(tracking, "_PAGE_SIZE", 4)
+    monkeypatch.setattr(tracking.runs, "_PAGE_SIZE", 4)
     sweep = export.load_sweep(built.uri, EXPERIMENT)
     assert sweep.runs.num_rows == len(built.specs)
 

@@ -32,7 +32,7 @@ from fake_cluster import FakeAutoscalingCluster
 from mlflow_server import MlflowServer
 from search_process import EVERY_EPOCH
 
-from iakd.engine import judged_epochs
+from iakd.judging import judged_epochs
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_FILE = ROOT / "cluster.yaml"

@@ -9,18 +9,12 @@ import torch
 from iakd import models
 from iakd.config import load_config
 from iakd.data import load_dataset
-from iakd.engine import (
-    best_judged_epoch,
-    build_method,
-    build_student,
-    compute_changes,
-    judged_epochs,
-    prepare_teacher,
-    recompute_bn_statistics,
-    teacher_warning,
-    train,
-)
+from iakd.engine import build_method, build_student, train
 from iakd.errors import ConfigError
+from iakd.evaluation import recompute_bn_statistics
+from iakd.judging import best_judged_epoch, judged_epochs
+from iakd.resume import compute_changes
+from iakd.teacher_cache import prepare_teacher, teacher_warning
 from iakd.teachers import save_teacher
 
 # 8x8 digits keep every run here to a few seconds on two cores.
@@ -256,7 +250,7 @@ def test_an_interrupted_teacher_training_continues_from_its_last_epoch(tmp_path)
 
 
 def test_a_smaller_student_training_set_keeps_the_teachers_data_and_cache_entry(tmp_path):
-    from iakd.engine import _teacher_config, teacher_file
+    from iakd.teacher_cache import _teacher_config, teacher_file
 
     full = load_config(overrides=[f"teacher.cache_dir={tmp_path}", "teacher.batch_size=128"])
     small = load_config(overrides=[f"teacher.cache_dir={tmp_path}", "teacher.batch_size=128", "data.train_size=100"])

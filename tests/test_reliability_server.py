@@ -34,7 +34,7 @@ import pytest
 from mlflow_server import MlflowServer
 from search_process import EVERY_EPOCH, Search, search_env, until
 
-from iakd.engine import judged_epochs
+from iakd.judging import judged_epochs
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 6

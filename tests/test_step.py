@@ -8,8 +8,9 @@ import torch
 
 from iakd import engine, methods, models
 from iakd.config import load_config
-from iakd.engine import prepare_teacher, train
+from iakd.engine import train
 from iakd.step import Compute, EagerStep, EpochTotals, GraphedStep, make_step, sgd_update
+from iakd.teacher_cache import prepare_teacher
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")

@@ -7,9 +7,9 @@ import torch
 
 from iakd import models
 from iakd.config import load_config
-from iakd.engine import teacher_file
 from iakd.search import storage
 from iakd.search.teacher import share_teacher
+from iakd.teacher_cache import teacher_file
 from iakd.teachers import save_teacher
 
 ROOT = Path(__file__).resolve().parents[1]

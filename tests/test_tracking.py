@@ -205,7 +205,7 @@ def test_connect_from_several_processes_on_a_fresh_database(tmp_path):
 
 
 def test_child_runs_reads_every_page(uri, client, monkeypatch):
-    monkeypatch.setattr(tracking, "_PAGE_SIZE", 2)
+    monkeypatch.setattr(tracking.runs, "_PAGE_SIZE", 2)
     parent = tracking.start_parent_run(uri, EXPERIMENT, "sweep")
     ids = {_trial(uri, parent, f"trial_{index}").run_id for index in range(5)}
     _trial(uri, None, "unrelated")

@@ -74,7 +74,7 @@ def run(conditions: Mapping[str, Condition], names: Sequence[str], seeds: Sequen
         out: Path, workers: int, teacher: str | None) -> list[dict[str, Any]]:
     """Train every (condition, seed) of ``names`` x ``seeds`` not yet in ``out/runs.jsonl``; return every row there.
     ``teacher``: a teacher file; None trains (or reuses) the base run's cached one first."""
-    from iakd.engine import prepare_teacher
+    from iakd.teacher_cache import prepare_teacher
 
     out.mkdir(parents=True, exist_ok=True)
     if teacher is None:

@@ -18,7 +18,7 @@ __all__ = ["TrialSummary", "SearchSummary", "format_summary", "format_value"]
 class TrialSummary:
     name: str
     overrides: dict[str, Any]
-    score: float  # the best value of the search's metric over the epochs it is judged on (engine.judged_epochs)
+    score: float  # best_val_acc: the best val_acc over the epochs it is judged on (iakd.judging.best_judged_epoch)
     last_test_acc: float
     epochs: int
     run_id: str | None

@@ -12,8 +12,10 @@ import torch
 
 from iakd.checkpoint import load_file
 from iakd.config import TrainConfig
-from iakd.engine import evaluate, load_data, prepare_teacher, teacher_file, teacher_warning
+from iakd.engine import load_data
+from iakd.evaluation import evaluate
 from iakd.search import storage
+from iakd.teacher_cache import prepare_teacher, teacher_file, teacher_warning
 from iakd.teachers import load_teacher, recorded_accuracy
 
 __all__ = ["share_teacher", "check_teacher"]
@@ -49,7 +51,7 @@ def share_teacher(base: TrainConfig, storage_path: str, *, log: Callable[[str], 
 
 
 def check_teacher(base: TrainConfig, teacher_path: str) -> str | None:
-    """A warning when the sweep's teacher is within a few points of chance accuracy (see engine.teacher_warning).
+    """A warning when the sweep's teacher is within a few points of chance accuracy (see teacher_cache.teacher_warning).
 
     A teacher trained here on this dataset and size carries its test accuracy (the trials take the same figure,
     ``recorded_accuracy``); another file is evaluated on the test split once.

@@ -23,9 +23,10 @@ from ray import tune
 from iakd import outcomes, tracking
 from iakd.checkpoint import copy_atomic, load_file
 from iakd.config import TrainConfig, from_dict, to_dict
-from iakd.engine import compute_changes, train
+from iakd.engine import train
 from iakd.judging import best_judged_epoch, evaluated
 from iakd.methods import METHODS
+from iakd.resume import compute_changes
 from iakd.search import storage
 from iakd.search.space import apply_trial, trial_overrides
 
