@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from export import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI  # analysis/export.py: the search's defaults
-
+from iakd.analysis.export import search_defaults
 from iakd.analysis.report import ARTIFACT_PATH, analyse
 from iakd.errors import ConfigError
+
+DEFAULT_TRACKING_URI, DEFAULT_EXPERIMENT = search_defaults()  # what `python tune/search.py` runs
 
 
 def main(argv: list[str] | None = None) -> int:

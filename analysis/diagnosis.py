@@ -23,10 +23,10 @@ from typing import Any
 
 from iakd.analysis.controlled import Condition, plot_curves, plot_summary, run, summarise
 from iakd.config import read_yaml
+from iakd.search.experiment import DEFAULT_CONFIG
 
-ROOT = Path(__file__).resolve().parents[1]
 # The setting under test: the embedded default's run (tune/configs/digits.yaml), IAKD's default schedule.
-BASE_CONFIG = ROOT / "tune" / "configs" / "digits.yaml"
+BASE_CONFIG = DEFAULT_CONFIG
 IAKD = {"method.name": "iakd", "schedule": {"family": "linear", "p0": 0.5, "t_end": 0.8}}
 BASELINES = ("ce", "kd")
 

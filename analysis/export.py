@@ -10,16 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from iakd.analysis.export import default_out_dir, load_sweep, write_tables
-from iakd.config import read_yaml
+from iakd.analysis.export import default_out_dir, load_sweep, search_defaults, write_tables
 from iakd.errors import ConfigError
 
-# The search's default experiment (what `python tune/search.py` runs): its name and MLflow store, read from its
-# config rather than restated here.
-_SEARCH_DEFAULT = read_yaml(Path(__file__).resolve().parents[1] / "tune" / "configs" / "digits.yaml")
-DEFAULT_TRACKING_URI, DEFAULT_EXPERIMENT = _SEARCH_DEFAULT["tracking_uri"], _SEARCH_DEFAULT["experiment"]
+DEFAULT_TRACKING_URI, DEFAULT_EXPERIMENT = search_defaults()  # what `python tune/search.py` runs
 
 
 def main(argv: list[str] | None = None) -> int:

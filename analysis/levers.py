@@ -21,10 +21,9 @@ from pathlib import Path
 from iakd.analysis.controlled import Condition, plot_curves, plot_summary, run, summarise
 from iakd.config import apply_overrides, parse_overrides, read_yaml
 from iakd.errors import ConfigError
+from iakd.search.experiment import EXPERIMENT_CONFIGS
 
-ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = {"digits": ROOT / "tune" / "configs" / "digits.yaml",
-               "fashion_mnist": ROOT / "tune" / "configs" / "fashion_mnist.yaml"}
+EXPERIMENTS = {name: EXPERIMENT_CONFIGS / f"{name}.yaml" for name in ("digits", "fashion_mnist")}
 
 INIT = {"student.init": "teacher"}  # the stem, the first block of each stage and the classifier (resnet20 -> resnet8)
 IAKD = {"method.name": "iakd"}

@@ -23,8 +23,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-from export import DEFAULT_EXPERIMENT, DEFAULT_TRACKING_URI  # analysis/export.py: the search's defaults
 from mlflow.tracking import MlflowClient
+
+from iakd.analysis.export import search_defaults
+
+DEFAULT_TRACKING_URI, DEFAULT_EXPERIMENT = search_defaults()  # what `python tune/search.py` runs
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

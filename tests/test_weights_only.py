@@ -202,7 +202,7 @@ ATOMIC_OR_EXEMPT = {
     ("iakd/search/trainable.py", "_train_and_log", "open(a|w)"),  # train.log: append-only, a line at a time
     ("iakd/search/storage.py", "upload", "pyarrow.fs.copy_files"),  # to a .partial name, then fs.move
     ("iakd/analysis/export.py", "write_tables", ".write_table"),  # to checkpoint.atomic_path, then os.replace
-    ("iakd/analysis/plots.py", "_save", ".savefig"),  # to checkpoint.atomic_path, then os.replace
+    ("iakd/analysis/plots/style.py", "save", ".savefig"),  # to checkpoint.atomic_path, then os.replace
     ("iakd/analysis/controlled.py", "run", "open(a)"),  # runs.jsonl: append-only, a whole line per finished run
     ("iakd/analysis/controlled.py", "plot_curves", ".savefig"),  # to checkpoint.atomic_path, then os.replace
     ("iakd/analysis/controlled.py", "plot_summary", ".savefig"),  # to checkpoint.atomic_path, then os.replace

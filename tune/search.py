@@ -12,15 +12,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from iakd.errors import ConfigError
 from iakd.search.cluster_check import OPTUNA_STORAGE_VAR, STORAGE_PATH_VAR, TRACKING_URI_VAR
-from iakd.search.experiment import load_experiment
+from iakd.search.experiment import DEFAULT_CONFIG, load_experiment
 from iakd.search.runner import run_search
 from iakd.search.summary import format_summary
-
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "digits.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,9 +29,11 @@ from mlflow.tracking import MlflowClient
 
 from iakd import outcomes, tracking
 from iakd.checkpoint import atomic_path
+from iakd.config import build_dataclass, read_yaml
 from iakd.errors import ConfigError
 from iakd.judging import best_judged_epoch, handed_over, judged_epochs
 from iakd.schedules import FAMILIES
+from iakd.search.experiment import DEFAULT_CONFIG, ExperimentConfig
 
 __all__ = [
     "EPOCHS_SCHEMA",
@@ -44,6 +46,7 @@ __all__ = [
     "exclusions",
     "export",
     "load_sweep",
+    "search_defaults",
     "usable",
     "write_tables",
 ]
@@ -78,7 +81,7 @@ RUNS_SCHEMA = pa.schema([
     pa.field("mixing", pa.string()),  # bernoulli or blend; null unless the method swaps
     pa.field("hybrid_weight", pa.float64()),  # the auxiliary hybrid path's weight (0: none); null unless it swaps
     pa.field("kd_on", pa.string()),  # the logits the KD term acts on (hybrid, student); null without one
-    pa.field("best_val_acc", pa.float64()),  # %, best of the judged epochs (after the handover: engine.judged_epochs)
+    pa.field("best_val_acc", pa.float64()),  # %, best of the judged epochs (iakd.judging.best_judged_epoch)
     pa.field("judged_from_epoch", pa.int64()),  # first judged epoch (evaluated, p = 0); null: never handed over
     pa.field("last_val_acc", pa.float64()),  # %, last epoch run
     pa.field("last_test_acc", pa.float64()),  # %, last epoch run
@@ -324,6 +327,13 @@ def write_tables(sweep: Sweep, out_dir: str | Path) -> tuple[Path, Path]:
 def default_out_dir(experiment: str) -> Path:
     """``analysis_out/<experiment>``, with path separators in the name made safe."""
     return Path("analysis_out") / experiment.replace("/", "_").replace("\\", "_")
+
+
+def search_defaults() -> tuple[str, str]:
+    """The tracking URI and the experiment name of the search's default experiment (what ``python tune/search.py``
+    runs, :data:`iakd.search.experiment.DEFAULT_CONFIG`), read from its config: the analysis scripts' defaults."""
+    cfg = build_dataclass(ExperimentConfig, read_yaml(DEFAULT_CONFIG))
+    return cfg.tracking_uri, cfg.experiment
 
 
 def export(tracking_uri: str, experiment: str | None = None, parent_run_id: str | None = None,

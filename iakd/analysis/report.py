@@ -22,7 +22,8 @@ import pandas as pd
 from iakd import outcomes, tracking
 from iakd.analysis import plots
 from iakd.analysis.export import Sweep, default_out_dir, exclusions, load_sweep, usable, write_tables
-from iakd.analysis.results import sweep_results
+from iakd.analysis.labels import config_label
+from iakd.analysis.results import SCORE, sweep_results
 from iakd.analysis.stats import Interval, mean_interval
 from iakd.checkpoint import write_text_atomic
 from iakd.errors import ConfigError
@@ -117,7 +118,7 @@ def _runs_section(runs: pd.DataFrame) -> list[str]:
 
 def _best_by(trials: pd.DataFrame, column: str) -> list[tuple[str, int, float, float]]:
     """(value, trials, best score, mean score) per value of ``column``, best first."""
-    stats = [(str(value), len(group), float(group[plots.SCORE].max()), float(group[plots.SCORE].mean()))
+    stats = [(str(value), len(group), float(group[SCORE].max()), float(group[SCORE].mean()))
              for value, group in trials.groupby(column)]
     return sorted(stats, key=lambda s: (-s[2], s[0]))
 
@@ -129,8 +130,8 @@ def _answer_section(runs: pd.DataFrame) -> list[str]:
     if trials.empty:
         return lines + ["No usable search trial: nothing to rank.", ""]
     best = plots.best_trials(runs, 1).iloc[0]
-    lines += [f"Best search trial: **{best['run_name']}** ({best['method']}: {plots.config_label(best)}), "
-              f"validation {_pct(best[plots.SCORE])} % (best judged epoch), test {_pct(best['last_test_acc'])} % "
+    lines += [f"Best search trial: **{best['run_name']}** ({best['method']}: {config_label(best)}), "
+              f"validation {_pct(best[SCORE])} % (best judged epoch), test {_pct(best['last_test_acc'])} % "
               f"(last epoch), {best['epochs']} epochs{', stopped early' if best['stopped_early'] else ''}.", ""]
     for column, title in (("schedule_family", "schedule family"), ("granularity", "granularity"),
                           ("profile", "depth profile"), ("init", "student initialisation"), ("mixing", "mixing")):
@@ -155,7 +156,7 @@ def _top_section(runs: pd.DataFrame) -> list[str]:
         extra = ", ".join(f"{k}={_num(row[k])}" for k in ("rate", "interval") if _num(row[k]))
         rows.append((rank, f"`{row['run_name']}`", row["method"], row["schedule_family"], _num(row["p0"]),
                      _num(row["t_end"]), extra, row["profile"], row["granularity"], _num(row["kd_weight"]),
-                     row.get("teacher_bn"), _levers(row), _pct(row[plots.SCORE]), _judged(row),
+                     row.get("teacher_bn"), _levers(row), _pct(row[SCORE]), _judged(row),
                      _pct(row["last_test_acc"]),
                      _num(row["epochs"]), "stopped early" if row["stopped_early"] else "finished"))
     return lines + _table(["#", "run", "method", "family", "p0", "t_end", "extra", "profile", "granularity",
@@ -199,7 +200,7 @@ def _baselines_section(runs: pd.DataFrame) -> list[str]:
     rows = []
     for _, group in sorted(baselines.groupby("method"), key=lambda item: str(item[0])):
         seeds = ", ".join(str(int(s)) for s in sorted(group["seed"].dropna()))
-        rows.append((plots.config_label(group.iloc[0]), seeds, _with_n(mean_interval(group[plots.SCORE])),
+        rows.append((config_label(group.iloc[0]), seeds, _with_n(mean_interval(group[SCORE])),
                      _with_n(mean_interval(group["last_test_acc"]))))
     return (["## Baselines (search stage)", ""]
             + _table(["method", "seeds", "best val % (mean ± 95 % CI)", "last test % (mean ± 95 % CI)"], rows))

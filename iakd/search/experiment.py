@@ -24,7 +24,12 @@ from iakd.transplant import transplant_plan
 from iakd.units import canonical_granularity, valid_granularities
 
 __all__ = ["SchedulerConfig", "BaselineConfig", "ConfirmConfig", "ResourceConfig", "ExperimentConfig", "Experiment",
-           "load_experiment"]
+           "load_experiment", "EXPERIMENT_CONFIGS", "DEFAULT_CONFIG"]
+
+# The experiment configs shipped with the code (in a source checkout, beside the package), and the one a search
+# runs when given none (`python tune/search.py`): the digits experiment. The analysis's defaults are read from it.
+EXPERIMENT_CONFIGS = Path(__file__).resolve().parents[2] / "tune" / "configs"
+DEFAULT_CONFIG = EXPERIMENT_CONFIGS / "digits.yaml"
 
 
 @dataclass
