@@ -31,9 +31,6 @@ __all__ = ["DataConfig", "TeacherConfig", "StudentConfig", "MethodConfig", "Opti
            "apply_overrides", "parse_overrides", "to_dict", "flat_items"]
 
 
-DEFAULT_SCHEDULE: dict[str, Any] = {"family": "linear", "p0": 0.5, "t_end": 0.8}
-
-
 @dataclass
 class DataConfig:
     name: Literal[DATASETS] = "digits"  # type: ignore[valid-type]  # iakd.data.DATASETS, the one list
@@ -119,7 +116,7 @@ class TrainConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
-    schedule: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SCHEDULE))
+    schedule: schedules.SwapSchedule = field(default_factory=schedules.SwapSchedule)  # built by schedules.build
     optim: OptimConfig = field(default_factory=OptimConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
@@ -210,8 +207,8 @@ def build_dataclass(cls: type, values: Mapping[str, Any], prefix: str = "") -> A
     return cls(**kwargs)
 
 
-def _check(cfg: TrainConfig) -> None:
-    """Value checks that types cannot express."""
+def _check(cfg: TrainConfig, schedule: Any) -> None:
+    """Value checks that types cannot express; ``schedule`` (the section as given) becomes ``cfg.schedule``."""
     def fail(key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{key}: {value!r} is not allowed; {allowed}")
 
@@ -259,7 +256,10 @@ def _check(cfg: TrainConfig) -> None:
         except ConfigError as e:
             raise ConfigError(f"method.{e}") from None
     cfg.method.granularity = granularity
-    schedules.build(cfg.schedule, prefix="schedule")
+    if isinstance(schedule, Mapping):
+        # A partial schedule (e.g. only an override of schedule.p0) takes the other keys from the default.
+        schedule = {**dataclasses.asdict(schedules.SwapSchedule()), **schedule}
+    cfg.schedule = schedules.build(schedule, prefix="schedule")
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         fail("data.val_fraction", cfg.data.val_fraction, "must be in [0, 1)")
     positive = {"optim.epochs": cfg.optim.epochs, "optim.batch_size": cfg.optim.batch_size, "optim.lr": cfg.optim.lr,
@@ -296,11 +296,9 @@ def from_dict(values: Mapping[str, Any]) -> TrainConfig:
     """Build and validate a TrainConfig from a nested mapping (missing keys take their defaults)."""
     if not isinstance(values, Mapping):
         raise ConfigError(f"config: expected a mapping of sections, got {type(values).__name__}")
-    if isinstance(values.get("schedule"), Mapping):
-        # A partial schedule (e.g. only an override of schedule.p0) takes the other keys from the default.
-        values = {**values, "schedule": {**DEFAULT_SCHEDULE, **values["schedule"]}}
-    cfg = build_dataclass(TrainConfig, values)
-    _check(cfg)
+    schedule = values.get("schedule", {})
+    cfg = build_dataclass(TrainConfig, {key: value for key, value in values.items() if key != "schedule"})
+    _check(cfg, schedule)
     return cfg
 
 

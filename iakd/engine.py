@@ -232,7 +232,7 @@ def _build_run(cfg: TrainConfig, device: torch.device, *, prepare: bool, log: Ca
     optimizer, lr_scheduler = build_optimizer(cfg.optim, method.trainable_parameters())
     generators = {name: torch.Generator().manual_seed(stream_seed(cfg.seed, name)) for name in ("order", "augment")}
     generators["swap"] = getattr(method, "swap_generator", torch.Generator())
-    return _Run(cfg, dataset, method, compute, schedules.build(cfg.schedule), optimizer, lr_scheduler, generators,
+    return _Run(cfg, dataset, method, compute, cfg.schedule, optimizer, lr_scheduler, generators,
                 teacher_acc, warning)
 
 

@@ -36,16 +36,21 @@ FAMILIES: dict[str, dict[str, float]] = {
 PROFILES: tuple[str, ...] = ("uniform", "shallow-first", "deep-first")
 _REQUIRED = ("family", "p0", "t_end")
 OPTIONAL: dict[str, object] = {"profile": "uniform", "t_start": 0.0}  # keys every family takes, with their defaults
+_EXTRAS = frozenset(key for keys in FAMILIES.values() for key in keys)  # the keys only some families take
 
 
 @dataclass(frozen=True)
 class SwapSchedule:
-    family: str
-    p0: float
-    t_end: float
+    """A validated schedule, and the run config's ``schedule`` section as it is typed: the keys every family takes,
+    and each family's own keys (``rate``: exponential, ``interval``: step), None for a family that does not take
+    them. Build it from a mapping with :func:`build`, which names the key of any bad value."""
+
+    family: str = "linear"
+    p0: float = 0.5
+    t_end: float = 0.8
     profile: str = "uniform"
-    rate: float = 5.0
-    interval: float = 0.25
+    rate: float | None = None  # exponential only (default FAMILIES["exponential"]["rate"])
+    interval: float | None = None  # step only (default FAMILIES["step"]["interval"])
     t_start: float = 0.0
 
     def ended(self, t: float) -> bool:
@@ -65,9 +70,11 @@ class SwapSchedule:
         if self.family == "cosine":
             return self.p0 * 0.5 * (1.0 + math.cos(math.pi * u))
         if self.family == "exponential":
-            floor = math.exp(-self.rate)
-            return self.p0 * (math.exp(-self.rate * u) - floor) / (1.0 - floor)
-        return self.p0 * 0.5 ** math.floor((t - self.t_start) / self.interval + 1e-9)  # step
+            rate = FAMILIES["exponential"]["rate"] if self.rate is None else self.rate
+            floor = math.exp(-rate)
+            return self.p0 * (math.exp(-rate * u) - floor) / (1.0 - floor)
+        interval = FAMILIES["step"]["interval"] if self.interval is None else self.interval
+        return self.p0 * 0.5 ** math.floor((t - self.t_start) / interval + 1e-9)  # step
 
     def unit_probs(self, t: float, num_units: int) -> list[float]:
         """Per-unit probabilities at progress t: p(t) scaled by the depth profile."""
@@ -94,6 +101,8 @@ def build(spec: Mapping[str, Any], *, prefix: str = "schedule") -> SwapSchedule:
     """
     if not isinstance(spec, Mapping):
         raise ConfigError(f"{prefix}: expected a mapping with keys {', '.join(_REQUIRED)}, got {spec!r}")
+    # A family key set to null is as if absent: the typed config holds None where its family takes no such key.
+    spec = {key: value for key, value in spec.items() if not (key in _EXTRAS and value is None)}
     for key in _REQUIRED:
         if key not in spec:
             raise ConfigError(f"{prefix}.{key}: missing (required: {', '.join(_REQUIRED)})")
@@ -118,7 +127,8 @@ def build(spec: Mapping[str, Any], *, prefix: str = "schedule") -> SwapSchedule:
     profile = spec.get("profile", "uniform")
     if profile not in PROFILES:
         raise ConfigError(f"{prefix}.profile: {profile!r} is unknown; known: {', '.join(PROFILES)}")
-    extras = {key: _number(spec, key, prefix) if key in spec else default for key, default in FAMILIES[family].items()}
+    extras: dict[str, Any] = {key: _number(spec, key, prefix) if key in spec else default
+                              for key, default in FAMILIES[family].items()}
     if extras.get("rate", 1.0) <= 0:
         raise ConfigError(f"{prefix}.rate: {extras['rate']} must be > 0")
     if not 0.0 < extras.get("interval", 0.5) <= 1.0:

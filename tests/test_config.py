@@ -2,6 +2,7 @@ import pytest
 
 from iakd.config import TrainConfig, apply_overrides, load_config, parse_overrides
 from iakd.errors import ConfigError
+from iakd.schedules import SwapSchedule
 
 
 def test_defaults_build_a_valid_config():
@@ -18,7 +19,7 @@ def test_yaml_plus_overrides(tmp_path):
                  "teacher.arch=resnet110"]
     cfg = load_config(path, overrides)
     assert cfg.student.arch == "resnet32"
-    assert cfg.schedule == {"family": "cosine", "p0": 0.3, "t_end": 0.9}
+    assert cfg.schedule == SwapSchedule("cosine", 0.3, 0.9)  # typed: the family's own keys None, the others default
     assert cfg.method.granularity == 3 and cfg.optim.nesterov is True and cfg.teacher.checkpoint == "t.pth"
 
 
@@ -110,3 +111,18 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     path.write_text("optim: {weight_decay: 5e-4, lr: 1e-1}\n")
     cfg = load_config(path)
     assert (cfg.optim.weight_decay, cfg.optim.lr) == (5e-4, 0.1)
+
+
+def test_the_schedule_section_is_typed_with_each_familys_own_keys():
+    from iakd.config import from_dict, to_dict
+
+    step = from_dict({"schedule": {"family": "step", "p0": 0.4}}).schedule
+    assert step == SwapSchedule("step", 0.4, 0.8, interval=0.25)  # its own key at its default, rate not taken
+    exponential = from_dict({"schedule": {"family": "exponential", "rate": 2.0}}).schedule
+    assert (exponential.rate, exponential.interval) == (2.0, None)
+    # what a run logs and a trial rebuilds from: every key, None where the family takes none; it builds again
+    assert to_dict(from_dict({}))["schedule"] == {"family": "linear", "p0": 0.5, "t_end": 0.8, "profile": "uniform",
+                                                  "rate": None, "interval": None, "t_start": 0.0}
+    assert from_dict(to_dict(from_dict({"schedule": {"family": "step"}}))).schedule.interval == 0.25
+    with pytest.raises(ConfigError, match=r"^schedule\.rate: not a key of the 'linear' family; allowed: "):
+        from_dict({"schedule": {"family": "linear", "rate": 2.0}})

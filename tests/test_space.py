@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any
 
@@ -79,12 +80,12 @@ def test_every_draw_builds_a_valid_config_with_conditional_keys_only_under_their
     assert {params["schedule.family"] for params, _ in draws} == set(SPACE["schedule.family"])
     for params, constants in draws:
         cfg: TrainConfig = from_dict(apply_trial(BASE, {**params, **constants}))
-        family, method = cfg.schedule["family"], cfg.method.name
+        family, method = cfg.schedule.family, cfg.method.name
         assert ("schedule.rate" in params) == (family == "exponential")
         assert ("schedule.interval" in params) == (family == "step")
         assert ("method.kd_weight" in params) == (method == "iakd+kd")
-        assert ("rate" in cfg.schedule) == (family == "exponential")
-        assert ("interval" in cfg.schedule) == (family == "step")
+        assert (cfg.schedule.rate is not None) == (family == "exponential")  # the typed config: None elsewhere
+        assert (cfg.schedule.interval is not None) == (family == "step")
         expected_kd_weight = params["method.kd_weight"] if method == "iakd+kd" else None  # base's 0.5 dropped
         assert cfg.method.kd_weight == expected_kd_weight
         assert cfg.method.granularity in valid
@@ -188,7 +189,7 @@ def test_apply_trial_drops_base_keys_the_sampled_choice_does_not_use():
 
 def test_apply_trial_on_a_base_without_schedule_starts_from_the_default_schedule():
     cfg = from_dict(apply_trial({}, {"schedule.family": "step", "schedule.interval": 0.2}))
-    assert cfg.schedule == {**TrainConfig().schedule, "family": "step", "interval": 0.2}
+    assert cfg.schedule == dataclasses.replace(TrainConfig().schedule, family="step", interval=0.2)
 
 
 def test_to_dict_spells_out_auto_and_rebuilds_the_same_space(space, valid):

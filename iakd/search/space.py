@@ -139,7 +139,7 @@ class SearchSpace:
 
 
 def _config_key_types() -> dict[str, Any]:
-    """Every dotted key a space may name, with its declared type (``schedule.*``: the schedule spec keys)."""
+    """Every dotted key a space may name, with its declared type."""
     keys: dict[str, Any] = {}
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
@@ -147,11 +147,8 @@ def _config_key_types() -> dict[str, Any]:
         if dataclasses.is_dataclass(tp):
             sub = typing.get_type_hints(tp)
             keys.update({f"{f.name}.{g.name}": sub[g.name] for g in dataclasses.fields(tp)})
-        elif f.name != "schedule":
+        else:
             keys[f.name] = tp
-    keys.update({"schedule.family": str, "schedule.p0": float, "schedule.t_end": float, "schedule.profile": str,
-                 "schedule.t_start": float})
-    keys.update({key: float for key in CONDITIONS if key.startswith("schedule.")})
     return keys
 
 
@@ -314,7 +311,7 @@ def apply_trial(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[s
     """
     start = dict(base)
     if start.get("schedule") is None:
-        start["schedule"] = TrainConfig().schedule
+        start["schedule"] = dataclasses.asdict(TrainConfig().schedule)
     merged = apply_overrides(start, overrides)
     for key, (controller, enabling) in CONDITIONS.items():
         if controller in overrides and overrides[controller] not in enabling:

@@ -66,7 +66,7 @@ def _tags(cfg: TrainConfig, context: TrialContext, trial_id: str, config: dict[s
     swaps = METHODS[cfg.method.name].uses_swap
     tags = {
         "teacher": cfg.teacher.arch, "student": cfg.student.arch, "dataset": cfg.data.name, "method": cfg.method.name,
-        tracking.FAMILY_TAG: cfg.schedule["family"] if swaps else "none",
+        tracking.FAMILY_TAG: cfg.schedule.family if swaps else "none",
         "granularity": str(cfg.method.granularity) if swaps else "none",
         tracking.TRIAL_TAG: trial_id, tracking.ROLE_TAG: context.role,
         "node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
