@@ -95,6 +95,19 @@ def _strip(ax: Axes, trials: pd.DataFrame, column: str, order: list[str], colors
     ax.set_xlim(-0.6, len(order) - 0.4)
 
 
+def _strip_plot(runs: pd.DataFrame, trials: pd.DataFrame, column: str, order: Sequence[str],
+                color: Callable[[str], str], xlabel: str, what: str, path: str | Path) -> Path:
+    """The trials' scores as a strip per value of ``column``, the baselines as bands."""
+    fig, ax = figure()
+    _strip(ax, trials, column, order, color)
+    _bands(ax, runs)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(SCORE_LABEL)
+    ax.set_title(f"Validation accuracy by {what} ({_trials(len(trials))})")
+    legend(fig, _marker_legend() + ax.get_legend_handles_labels()[0], below=True)
+    return save(fig, path)
+
+
 def draw_accuracy_by_family(runs: pd.DataFrame, path: str | Path) -> Path:
     """Each search trial's best validation accuracy by schedule family (jittered; hollow if stopped early),
     with the CE and KD baselines as bands."""
@@ -102,14 +115,8 @@ def draw_accuracy_by_family(runs: pd.DataFrame, path: str | Path) -> Path:
     trials = trials[trials["schedule_family"].notna()]
     if trials.empty:
         raise NoData("no usable search trial with a swap schedule")
-    fig, ax = figure()
-    _strip(ax, trials, "schedule_family", _families(trials), family_color)
-    _bands(ax, runs)
-    ax.set_xlabel("swap schedule family")
-    ax.set_ylabel(SCORE_LABEL)
-    ax.set_title(f"Validation accuracy by schedule family ({_trials(len(trials))})")
-    legend(fig, _marker_legend() + ax.get_legend_handles_labels()[0], below=True)
-    return save(fig, path)
+    return _strip_plot(runs, trials, "schedule_family", _families(trials), family_color, "swap schedule family",
+                       "schedule family", path)
 
 
 def draw_accuracy_vs_schedule_params(runs: pd.DataFrame, path: str | Path) -> Path:
@@ -177,14 +184,8 @@ def draw_accuracy_by_profile(runs: pd.DataFrame, path: str | Path) -> Path:
         raise NoData("no usable search trial with a depth profile")
     present = set(trials["profile"])
     order = [p for p in schedules.PROFILES if p in present] + sorted(present - set(schedules.PROFILES))
-    fig, ax = figure()
-    _strip(ax, trials, "profile", order, lambda _: "#1f77b4")
-    _bands(ax, runs)
-    ax.set_xlabel("depth profile (how p is spread over the units)")
-    ax.set_ylabel(SCORE_LABEL)
-    ax.set_title(f"Validation accuracy by depth profile ({_trials(len(trials))})")
-    legend(fig, _marker_legend() + ax.get_legend_handles_labels()[0], below=True)
-    return save(fig, path)
+    return _strip_plot(runs, trials, "profile", order, lambda _: "#1f77b4",
+                       "depth profile (how p is spread over the units)", "depth profile", path)
 
 
 def draw_param_importance(runs: pd.DataFrame, path: str | Path) -> Path:
