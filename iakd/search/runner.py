@@ -150,7 +150,7 @@ def run_search(
 
     parent_tags = {tracking.SWEEP_TAG: name, tracking.ROLE_TAG: "sweep", "teacher": base.teacher.arch,
                    "student": base.student.arch, "dataset": base.data.name,
-                   **({"teacher_warning": warning} if warning else {})}
+                   **({tracking.TEACHER_WARNING_TAG: warning} if warning else {})}
     previous = tracking.find_run(uri, name, {tracking.SWEEP_TAG: name, tracking.ROLE_TAG: "sweep"})
     superseded = None
     if previous is not None and not reuse_parent:

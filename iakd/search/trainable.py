@@ -76,7 +76,7 @@ def _tags(cfg: TrainConfig, context: TrialContext, trial_id: str, config: dict[s
     elif context.role == "baseline":  # a confirmation on the same seeds reuses it as its baseline
         tags[tracking.CANDIDATE_TAG] = tracking.baseline_label(cfg.method.name, cfg.student.init)
     if context.teacher_warning:
-        tags["teacher_warning"] = context.teacher_warning
+        tags[tracking.TEACHER_WARNING_TAG] = context.teacher_warning
     return tags
 
 

@@ -41,6 +41,7 @@ from iakd.tracking.tags import (
     STATUS_TAG,
     SUPERSEDED_TAG,
     SWEEP_TAG,
+    TEACHER_WARNING_TAG,
     TRIAL_TAG,
     baseline_label,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "OPEN_STATUSES",
     "ROLE_TAG",
     "SWEEP_TAG",
+    "TEACHER_WARNING_TAG",
     "TRIAL_TAG",
     "TIMEOUT_S",
     "check_server",

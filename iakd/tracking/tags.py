@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __all__ = ["SWEEP_TAG", "ROLE_TAG", "TRIAL_TAG", "CANDIDATE_TAG", "STATUS_TAG", "FAMILY_TAG", "INTERRUPTED_TAG",
-           "ERROR_TAG", "SUPERSEDED_TAG", "baseline_label"]
+           "ERROR_TAG", "SUPERSEDED_TAG", "TEACHER_WARNING_TAG", "baseline_label"]
 
 SWEEP_TAG = "iakd.sweep"  # on the parent run: the experiment it sweeps
 ROLE_TAG = "iakd.role"  # sweep, search, baseline or confirm
@@ -17,6 +17,7 @@ FAMILY_TAG = "schedule_family"  # a child run's schedule family ("none" for a me
 INTERRUPTED_TAG = "iakd.interrupted"  # on the parent run: "true" when the driver was interrupted
 ERROR_TAG = "iakd.error"  # on the parent run: the error that ended the sweep
 SUPERSEDED_TAG = "iakd.superseded_by"  # on a parent run that a rerun of the same sweep replaced
+TEACHER_WARNING_TAG = "teacher_warning"  # on the parent and every child: the teacher is barely above chance
 
 
 def baseline_label(method: str, init: str | None = "scratch") -> str:
