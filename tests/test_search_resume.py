@@ -89,7 +89,8 @@ def test_an_interrupted_sweep_finishes_with_resume(tmp_path, env):
     if before[running.info.run_id].data.tags.get("status") != "finished":  # (not done in the last moment)
         assert before[running.info.run_id].info.status == "KILLED"
 
-    second = Search(tmp_path, "resumed", [*overrides, "--resume"], env)
+    # the resumed invocation also writes the report, as the main command does: it must say the sweep finished
+    second = Search(tmp_path, "resumed", [*overrides, "analysis=true", "--resume"], env)
     try:
         assert second.wait(300) == 0, second.tail()
     finally:
@@ -145,6 +146,8 @@ def test_an_interrupted_sweep_finishes_with_resume(tmp_path, env):
     assert tags["iakd.interrupted"] == "false"
     assert tags["best_trial"] in {r.info.run_name for r in runs}
     assert f"Search {EXPERIMENT!r}: {SAMPLES} trials, 1 baselines" in text
+    report = (tmp_path / "analysis_out" / EXPERIMENT / "report.md").read_text()  # what tune/search.py leaves
+    assert f"Parent run `{parents[0].info.run_id}`" in report and "Provisional" not in report
     assert f"Best trial {tags['best_trial']} (MLflow run {tags['best_run_id']}):" in text
     best = next(r for r in runs if r.info.run_name == tags["best_trial"])
     assert best.info.run_id == tags["best_run_id"]
