@@ -13,6 +13,7 @@ import sys
 
 from iakd.analysis.export import search_defaults
 from iakd.analysis.report import ARTIFACT_PATH, analyse
+from iakd.checkpoint import check_writable_folder
 from iakd.errors import ConfigError
 
 DEFAULT_TRACKING_URI, DEFAULT_EXPERIMENT = search_defaults()  # what `python tune/search.py` runs
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     experiment = args.experiment if args.experiment or args.parent_run_id else DEFAULT_EXPERIMENT
     try:
+        if args.out is not None:
+            check_writable_folder(args.out, "--out")
         report = analyse(args.tracking_uri, experiment, args.parent_run_id, args.out, log_to_mlflow=not args.no_log)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from iakd.analysis.export import default_out_dir, load_sweep, search_defaults, write_tables
+from iakd.checkpoint import check_writable_folder
 from iakd.errors import ConfigError
 
 DEFAULT_TRACKING_URI, DEFAULT_EXPERIMENT = search_defaults()  # what `python tune/search.py` runs
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     experiment = args.experiment if args.experiment or args.parent_run_id else DEFAULT_EXPERIMENT
     try:
+        if args.out is not None:
+            check_writable_folder(args.out, "--out")
         sweep = load_sweep(args.tracking_uri, experiment, args.parent_run_id)
         runs_path, epochs_path = write_tables(sweep, args.out or default_out_dir(sweep.experiment))
     except ConfigError as error:

@@ -171,6 +171,23 @@ def test_the_command_line_on_a_missing_experiment_exits_2_with_one_line(built, t
     assert result.stderr.strip().splitlines() == [f"error: experiment 'nope' not found at {built.uri}"]
 
 
+def test_the_command_line_refuses_a_name_or_folder_it_cannot_write_under_with_one_line(built, tmp_path):
+    """`..` as the experiment (it would make analysis_out/.. the current folder's parent) and an --out that is a
+    file: one line each, exit 2, nothing written."""
+    mine = tmp_path / "report.md"
+    mine.write_text("mine")
+    result = _ablations(built.uri, "--experiment", "..", "--no-log")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: experiment: '..' is not allowed; a name of letters, digits, '_', '.' and '-' (at most 100, the first "
+        "a letter or digit): it names the MLflow experiment, the Tune folders and analysis_out/<name>"]
+    result = _ablations(built.uri, "--out", str(mine / "out"), "--no-log")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: --out: {mine / 'out'} is not a writable folder ({mine} "
+                                                  "is a file)"]
+    assert mine.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["report.md"]
+
+
 def test_the_command_line_on_a_sweep_without_finished_runs_exits_2_with_one_line(built, tmp_path):
     result = _ablations(built.uri, "--experiment", EMPTY_EXPERIMENT, "--out", str(tmp_path / "out"))
     assert result.returncode == 2

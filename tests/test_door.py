@@ -148,6 +148,17 @@ def _search_cases(f: Path) -> list[tuple[list[str], str]]:
                                                 "database file"),
         ([f"optuna_storage=sqlite:///{f}"], f"optuna_storage: {f} is a folder, not an Optuna database file"),
         (["optuna_storage=optuna.db"], "optuna_storage: 'optuna.db' is not an RDB URL"),
+        # names that would escape the storage path or analysis_out/, or break MLflow's filter strings
+        (["--experiment", ".."], "experiment: '..' is not allowed; a name of letters, digits, '_', '.' and '-'"),
+        (["--experiment", "it's mine"], "experiment: \"it's mine\" is not allowed; a name of letters, digits"),
+        (["experiment=runs/x"], "experiment: 'runs/x' is not allowed; a name of letters, digits"),
+        # what can only give an empty sweep: every trial failing, or every score NaN
+        (["run.data.train_size=100000"], "run.data.train_size: 100000 is not in [1, 1294], the images of the digits "
+                                         "training split"),
+        (["run.data.val_fraction=0"], "run.data.val_fraction: 0.0 is not allowed; a search selects on the "
+                                      "validation split"),
+        (["run.data.val_fraction=0.0001"], "run.data.val_fraction: 0.0001 holds out no image of the digits training "
+                                           "set"),
     ]
 
 
@@ -174,7 +185,7 @@ def test_python_m_iakd_train_refuses_bad_input_with_one_line(index, files, tmp_p
     assert {p: p.stat().st_mtime_ns for p in (files / "done").iterdir()} == done  # the resumable run untouched
 
 
-@pytest.mark.parametrize("index", range(19))
+@pytest.mark.parametrize("index", range(25))
 def test_tune_search_refuses_bad_input_with_one_line(index, files, tmp_path, monkeypatch, capsys):
     args, message = _search_cases(files)[index]
     monkeypatch.chdir(tmp_path)

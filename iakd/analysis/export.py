@@ -294,6 +294,8 @@ def load_sweep(tracking_uri: str, experiment: str | None = None, parent_run_id: 
     logged epochs a row of ``epochs``. Raises :class:`~iakd.errors.ConfigError` (one line) when the store,
     the experiment, its sweep run or the given run does not exist.
     """
+    if experiment is not None:
+        tracking.check_experiment_name(experiment)
     client = tracking.mlflow_client(tracking_uri, must_exist=True)
     name, experiment_id, parent = _find_parent(client, tracking_uri, experiment, parent_run_id)
     children = sorted(tracking.child_runs(tracking_uri, parent), key=lambda r: (r.info.start_time or 0, r.info.run_id))
@@ -325,8 +327,12 @@ def write_tables(sweep: Sweep, out_dir: str | Path) -> tuple[Path, Path]:
 
 
 def default_out_dir(experiment: str) -> Path:
-    """``analysis_out/<experiment>``, with path separators in the name made safe."""
-    return Path("analysis_out") / experiment.replace("/", "_").replace("\\", "_")
+    """``analysis_out/<experiment>``; a name that is not one folder (``..``, a path) is refused, naming ``--out``."""
+    try:
+        tracking.check_experiment_name(experiment)
+    except ConfigError as error:
+        raise ConfigError(f"{error} (give the report's folder with --out)") from None
+    return Path("analysis_out") / experiment
 
 
 def search_defaults() -> tuple[str, str]:

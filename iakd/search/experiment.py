@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from optuna.distributions import CategoricalDistribution
 
-from iakd import models
+from iakd import models, tracking
 from iakd.config import TrainConfig, apply_overrides, build_dataclass, from_dict, parse_overrides, read_yaml, to_dict
 from iakd.errors import ConfigError
 from iakd.methods import METHODS
@@ -126,8 +126,7 @@ def _check(cfg: ExperimentConfig) -> None:
         fail("resources", to_dict(cfg.resources), "cpu > 0 and gpu >= 0")
     if cfg.resources.gpu > 1 and cfg.resources.gpu != int(cfg.resources.gpu):
         fail("resources.gpu", cfg.resources.gpu, "a fraction <= 1 or a whole number of GPUs")
-    if not cfg.experiment.strip() or "/" in cfg.experiment:
-        fail("experiment", cfg.experiment, "a non-empty name without '/'")
+    tracking.check_experiment_name(cfg.experiment)
 
 
 def _absolute(path: str | None) -> str | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from iakd.checkpoint import check_writable_folder
 from iakd.config import TrainConfig
-from iakd.data import check_data_folder
+from iakd.data import CIFAR_LAYOUTS, check_data_folder, load_dataset
 from iakd.errors import ConfigError
 from iakd.search import storage
 from iakd.search.storage import is_uri
@@ -94,8 +94,28 @@ def check_address(address: str | None, timeout: float = TIMEOUT_S) -> None:
 
 
 def check_run_inputs(base: TrainConfig, key_prefix: str = "run.") -> None:
-    """The folders a run reads its dataset from (its teacher file is checked when the experiment is loaded)."""
+    """The folders a run reads its dataset from (its teacher file is checked when the experiment is loaded), and
+    splits that give every trial something to train on and the search something to select on."""
     try:
         check_data_folder(base.data.name, base.data.dir, download=base.data.download)
+        _check_splits(base)
     except ConfigError as e:
         raise ConfigError(f"{key_prefix}{e}") from None
+
+
+def _check_splits(base: TrainConfig) -> None:
+    """``data.train_size`` within the training split, and a validation split that holds an image: otherwise every
+    trial fails (its retries too) or every score is NaN, and the sweep is empty. The dataset is read once here
+    (seconds at most), unless it is still to be downloaded."""
+    data = base.data
+    if data.val_fraction == 0:
+        raise ConfigError("data.val_fraction: 0.0 is not allowed; a search selects on the validation split: "
+                          "must be > 0")
+    layout = CIFAR_LAYOUTS.get(data.name)
+    if data.download and layout is not None and not (Path(data.dir) / layout.folder).is_dir():
+        return  # the driver downloads it before the teacher trains
+    dataset = load_dataset(data.name, data.dir, val_fraction=data.val_fraction, split_seed=data.split_seed,
+                           image_size=data.image_size, num_workers=0, train_size=data.train_size)
+    if len(dataset.val) == 0:
+        raise ConfigError(f"data.val_fraction: {data.val_fraction} holds out no image of the {data.name} training "
+                          "set; a search selects on the validation split")

@@ -31,7 +31,15 @@ from iakd.tracking.runs import (
     start_parent_run,
     supersede_run,
 )
-from iakd.tracking.store import TIMEOUT_S, absolute_uri, check_server, connect, mlflow_client, sqlite_file
+from iakd.tracking.store import (
+    TIMEOUT_S,
+    absolute_uri,
+    check_experiment_name,
+    check_server,
+    connect,
+    mlflow_client,
+    sqlite_file,
+)
 from iakd.tracking.tags import (
     CANDIDATE_TAG,
     ERROR_TAG,
@@ -62,6 +70,7 @@ __all__ = [
     "TEACHER_WARNING_TAG",
     "TRIAL_TAG",
     "TIMEOUT_S",
+    "check_experiment_name",
     "check_server",
     "mlflow_client",
     "set_tags",

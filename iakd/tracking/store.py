@@ -32,7 +32,13 @@ try:
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["TIMEOUT_S", "sqlite_file", "absolute_uri", "check_server", "mlflow_client", "connect"]
+__all__ = ["TIMEOUT_S", "sqlite_file", "absolute_uri", "check_server", "mlflow_client", "connect",
+           "check_experiment_name"]
+
+# An experiment's name is an MLflow experiment, a value in MLflow filter strings, the name of the Tune folders
+# under the storage path and of analysis_out/<name>: letters (any script), digits, '_', '.' and '-', starting with
+# a letter or digit, so that it is the same name in all four and never a path ('..', '/', '~') or a quote.
+_EXPERIMENT_NAME = re.compile(r"[^\W_][\w.-]{0,99}")
 
 # The MLflow UI (3.x) opens an experiment without this tag as a GenAI one (a traces page); ours are training runs.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -155,3 +161,12 @@ def connect(tracking_uri: str, experiment: str) -> str:
         if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
             client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return found.experiment_id
+
+
+def check_experiment_name(name: str, key: str = "experiment") -> None:
+    """Refuse, naming ``key``, an experiment name that MLflow filters, Tune folders and file systems cannot all
+    hold as it is (see ``_EXPERIMENT_NAME``)."""
+    if not isinstance(name, str) or not _EXPERIMENT_NAME.fullmatch(name):
+        raise ConfigError(f"{key}: {name!r} is not allowed; a name of letters, digits, '_', '.' and '-' (at most "
+                          "100, the first a letter or digit): it names the MLflow experiment, the Tune folders "
+                          "and analysis_out/<name>")
