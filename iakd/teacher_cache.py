@@ -9,7 +9,7 @@ from pathlib import Path
 from iakd import outcomes
 from iakd.checkpoint import copy_atomic
 from iakd.config import MethodConfig, StudentConfig, TrainConfig, to_dict
-from iakd.errors import ConfigError
+from iakd.errors import ConfigError, RunError
 from iakd.teachers import cache_path
 
 __all__ = ["TEACHER_CHANCE_MARGIN", "teacher_file", "prepare_teacher", "teacher_warning"]
@@ -70,5 +70,6 @@ def prepare_teacher(cfg: TrainConfig, log: Callable[[str], None] = print) -> Pat
         f"{cfg.data.name} -> {path}")
     result = train(t_cfg, log=log, prepare=False, resume_from=resume)
     if result["status"] != outcomes.FINISHED:
-        raise RuntimeError(f"teacher training {result['status']}: {result['message']}")
+        raise RunError(f"teacher training {result['status']}: {result['message']} (its recipe is the run's optim "
+                       "section; or give a trained teacher with teacher.checkpoint)")
     return copy_atomic(Path(t_cfg.out_dir) / "student.pt", path)  # already in the teacher file format

@@ -18,7 +18,7 @@ from iakd.checkpoint import check_writable_folder
 from iakd.config import load_config
 from iakd.data import check_data_folder
 from iakd.engine import train
-from iakd.errors import ConfigError
+from iakd.errors import ConfigError, RunError
 
 __all__ = ["train", "main"]
 
@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RunError as e:  # e.g. the teacher it trains first diverged
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # one line, not a traceback: where the run stands and how to continue it
         if checkpoint is not None and checkpoint.is_file():
             again = " ".join(["python -m iakd.train --config", args.config, "--out", str(checkpoint.parent),

@@ -298,3 +298,29 @@ def test_command_line_exits_2_with_one_line(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "error: run.schedule.family: 'sawtooth' is unknown; known: constant, linear, cosine, exponential, step"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sweep_whose_every_searched_trial_diverges_fails_with_one_line(tmp_path):
+    """Every searched trial diverges at its first epoch (lr 1e12, searched: the teacher trains with the base lr):
+    exit 1 and one line saying so, the parent run FAILED with that line, each trial's run FAILED as diverged and
+    each Optuna trial FAIL (Optuna refuses a NaN value; told without one)."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+    from search_process import Search, search_env
+
+    args = ["num_samples=2", "run.optim.epochs=2", "run.teacher.epochs=1", "run.data.image_size=8", "confirm.top_k=0",
+            "baselines.methods=[]", "space.optim.lr=[1.0e12]", "scheduler.name=none"]
+    with search_env() as env:
+        search = Search(tmp_path, "diverged", args, env)
+        assert search.wait(300) == 1, search.tail()
+    message = "error: no searched trial of 2 finished (2 diverged), so nothing is ranked or confirmed"
+    assert search.err.read_text().strip().splitlines()[-1] == message
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("iakd-digits").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("iakd.role") == "sweep"]
+    assert parent.info.status == "FAILED" and parent.data.tags["iakd.error"] == f"RunError: {message[7:]}"
+    trials = [r for r in runs if r.data.tags.get("iakd.role") == "search"]
+    assert [(r.info.status, r.data.tags["status"]) for r in trials] == [("FAILED", "diverged")] * 2
+    (name,) = optuna.get_all_study_names(f"sqlite:///{tmp_path}/optuna.db")
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.FAIL] * 2

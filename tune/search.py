@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from iakd.errors import ConfigError
+from iakd.errors import ConfigError, RunError
 from iakd.search.cluster_check import OPTUNA_STORAGE_VAR, STORAGE_PATH_VAR, TRACKING_URI_VAR
 from iakd.search.experiment import DEFAULT_CONFIG, load_experiment
 from iakd.search.runner import run_search
@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RunError as e:  # it ran, and gave nothing: its parent run is FAILED with this line as iakd.error
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(format_summary(summary))
     return 3 if summary.interrupted else 0
 

@@ -24,13 +24,14 @@ from ray.tune.search import ConcurrencyLimiter
 from iakd import outcomes, tracking
 from iakd.analysis.results import SweepResults, sweep_results
 from iakd.config import MethodConfig, to_dict
+from iakd.errors import RunError
 from iakd.judging import best_judged_epoch, evaluated
 from iakd.methods import METHODS
 from iakd.search import preflight
 from iakd.search.experiment import Experiment, ExperimentConfig
 from iakd.search.scheduler import HandoverASHA
 from iakd.search.space import Fixed
-from iakd.search.study import LinkedOptunaSearch, default_storage, study_name
+from iakd.search.study import DIVERGED_KEY, LinkedOptunaSearch, default_storage, study_name
 from iakd.search.summary import SearchSummary, TrialSummary, format_value
 from iakd.search.teacher import check_teacher, share_teacher
 from iakd.search.trainable import (
@@ -200,6 +201,8 @@ def _run_stages(experiment: Experiment, parent: str, uri: str, teacher_path: str
     if not interrupted:
         trials, interrupted = stages.search()
     ranked = rank(trials)  # chosen once, on validation: the confirmation re-trains its top
+    if not interrupted and not ranked:
+        raise RunError(_nothing_ranked(stages.search_diverged, stages.search_errors, experiment.config.num_samples))
     if not interrupted:
         interrupted = stages.confirmation(ranked)
     answer = stages.close(ranked[0] if ranked else None, baselines, interrupted, analysis, log)
@@ -226,6 +229,8 @@ class _Stages:
     def __post_init__(self) -> None:
         self.cfg = self.experiment.config
         self.closer = CloseTrialRuns(self.uri, self.parent)
+        self.search_errors: list[str] = []  # the last line of each searched trial's error, in Tune's order
+        self.search_diverged = 0  # searched trials whose training diverged
 
     def _fit(self, path: str, role: str, param_space: dict, tune_config: tune.TuneConfig, run_name: str,
              candidates: dict[str, dict[str, Any]] | None = None) -> tune.ResultGrid:
@@ -278,6 +283,8 @@ class _Stages:
                                             trial_name_creator=trial_name, trial_dirname_creator=trial_name,
                                             search_alg=ConcurrencyLimiter(searcher, max_concurrent=cfg.max_concurrent)),
                             cfg.experiment)
+        self.search_errors = [_error_line(r.error) for r in results if r.error is not None]
+        self.search_diverged = sum(1 for r in results if (r.metrics or {}).get(DIVERGED_KEY))
         return _summaries(results, _trial_runs(self.uri, self.parent)), _unfinished(results, cfg.num_samples)
 
     def confirmation(self, ranked: list[TrialSummary]) -> bool:
@@ -382,6 +389,20 @@ def _analyse(sweep: Sweep, log: Callable[[str], None]) -> str:
         return "failed"
     log(f"report: {report} (and in MLflow, on the parent run under analysis/)")
     return "done"
+
+
+def _error_line(error: BaseException) -> str:
+    """The line of a trial's error that says what it was (Ray wraps it in the worker's traceback)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def _nothing_ranked(diverged: int, errors: list[str], num_samples: int) -> str:
+    """Why a sweep that ran its search has no trial to rank, in one line."""
+    parts = [f"{len(errors)} failed"] * bool(errors) + [f"{diverged} diverged"] * bool(diverged)
+    why = f" ({', '.join(parts)})" if parts else ""
+    first = f"; the first error: {errors[0]}" if errors else ""
+    return f"no searched trial of {num_samples} finished{why}, so nothing is ranked or confirmed{first}"
 
 
 def _unfinished(results: tune.ResultGrid, expected: int) -> bool:

@@ -19,7 +19,7 @@ from ray.tune.search.optuna import OptunaSearch
 from iakd import tracking
 from iakd.search.storage import is_uri
 
-__all__ = ["LinkedOptunaSearch", "study_name", "default_storage", "TUNE_TRIAL_ATTR", "MLFLOW_RUN_ATTR"]
+__all__ = ["LinkedOptunaSearch", "study_name", "default_storage", "TUNE_TRIAL_ATTR", "MLFLOW_RUN_ATTR", "DIVERGED_KEY"]
 
 TUNE_TRIAL_ATTR = "tune_trial_id"
 MLFLOW_RUN_ATTR = "mlflow_run_id"
@@ -40,6 +40,10 @@ def default_storage(tracking_uri: str, storage_path: str) -> str:
     else:
         folder = Path(".") if is_uri(storage_path) else Path(storage_path)
     return f"sqlite:///{(folder / 'optuna.db').absolute()}"
+
+
+# The key of the last result a trial reports when its training diverged (iakd.search.trainable), val_acc NaN.
+DIVERGED_KEY = "diverged"
 
 
 class LinkedOptunaSearch(OptunaSearch):
@@ -98,4 +102,12 @@ class LinkedOptunaSearch(OptunaSearch):
                 run_id = tracking.find_child(self._tracking_uri, self._parent_run_id, {tracking.TRIAL_TAG: trial_id})
                 if run_id is not None:  # set before tell(): a finished trial's attributes are read-only
                     self._set_attr(study_id, trial, MLFLOW_RUN_ATTR, run_id)
+        if result and result.get(DIVERGED_KEY):
+            # Optuna refuses NaN as a value (tell raises, OptunaSearch only logs it, the trial stays RUNNING):
+            # a diverged trial is told as FAIL, without a value
+            result, error = {k: v for k, v in result.items() if k != self.metric}, True
         super().on_trial_complete(trial_id, result, error)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if not result.get(DIVERGED_KEY):  # its NaN is no intermediate value
+            super().on_trial_result(trial_id, result)

@@ -9,6 +9,7 @@ after a failure or ``--resume`` finds its run by it and continues it, and the dr
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import socket
 import tempfile
@@ -29,6 +30,7 @@ from iakd.methods import METHODS
 from iakd.resume import compute_changes
 from iakd.search import storage
 from iakd.search.space import apply_trial, trial_overrides
+from iakd.search.study import DIVERGED_KEY
 
 __all__ = ["TrialContext", "EpochLog", "run_trial", "trial_config", "trial_name", "baseline_name", "confirm_name",
            "CloseTrialRuns"]
@@ -153,6 +155,13 @@ def _train_and_log(cfg: TrainConfig, context: TrialContext, trial, restored: str
     finally:
         log_file.close()
     epochs.flush()  # epochs after the last evaluated one, before a divergence ended the run
+    if result["status"] == outcomes.DIVERGED:
+        # Tune hears how it ended: a trial that diverged before its first report would otherwise hand Tune a final
+        # result without the metric, and Tune ends the whole sweep on that. A NaN score fails the trial in Optuna's
+        # study; handed_over 0 keeps it off ASHA's rungs; the ranking leaves it out by its run's status.
+        last = epochs.seen[-1]["epoch"] if epochs.seen else 0
+        tune.report({"epoch": last + 1, "val_acc": math.nan, "handed_over": 0, DIVERGED_KEY: 1,
+                     "trial_name": trial.get_trial_name()})
     run.set_tags({tracking.STATUS_TAG: result["status"]})
     run.log_artifact(Path(cfg.out_dir) / "student.pt")
     run.log_artifact(log_path)
