@@ -9,6 +9,7 @@ missing database, experiment or run, or a sweep without a finished run, prints o
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from iakd.analysis.export import search_defaults
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"report: {report}")
     if not args.no_log:
         print(f"logged to the sweep's parent run under {ARTIFACT_PATH}/ (browse: mlflow ui --backend-store-uri "
-              f"{args.tracking_uri})")
+              f"{shlex.quote(args.tracking_uri)})")
     return 0
 
 

@@ -113,7 +113,14 @@ def load_file(path: str | Path, *, what: str = "checkpoint", required: tuple[str
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle of arbitrary objects, not a torch file at all
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = str(e).strip()
+        if text.startswith("Weights only load failed") and "GLOBAL" in text:  # a pickle that names code to call
+            raise ConfigError(f"{what} {path}: refused, it holds objects other than tensors and plain data (a pickle "
+                              "that could run code); files are read with torch.load(weights_only=True)") from None
+        if text.startswith("Weights only load failed"):  # torch's advice to retry with weights_only=False: not ours
+            reason = "not a file torch.save wrote, or one cut short"
+        else:
+            reason = text.splitlines()[0] if text else type(e).__name__
         raise ConfigError(f"{what} {path}: unreadable or corrupt ({reason[:160]})") from None
     if not isinstance(obj, dict) or any(k not in obj for k in required):
         raise ConfigError(f"{what} {path}: not a {what} file (expected keys: {', '.join(required)})")

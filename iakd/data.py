@@ -173,7 +173,11 @@ class _Indexed(TorchDataset):
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
         path, label = self.folder.samples[self.indices[position]]
-        image = self.folder.loader(path)
+        try:
+            image = self.folder.loader(path)
+        except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
+            raise DataError(f"imagefolder: {path} is not a readable image ({type(error).__name__}); remove or "
+                            "replace it") from None
         if self.seed is None:
             return self.transform(image), label
         # torchvision transforms draw from the global RNG; fork it so the caller's RNG state is untouched.
@@ -257,8 +261,14 @@ class FolderSplit:
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
         )
-        for images, labels in loader:
-            yield images.to(self.device, non_blocking=True), labels.to(self.device, torch.int64, non_blocking=True)
+        try:
+            for images, labels in loader:
+                yield images.to(self.device, non_blocking=True), labels.to(self.device, torch.int64,
+                                                                            non_blocking=True)
+        except DataError as error:  # from a worker it comes back wrapped in the worker's traceback: keep its line
+            line = str(error).strip().splitlines()[-1].removeprefix(f"{DataError.__module__}.DataError: ")
+            raise DataError(line) from None
+
 
 
 @dataclass
@@ -583,8 +593,9 @@ def _load_imagefolder(data_dir: Path, val_fraction: float, split_seed: int, devi
     test_folder = _image_folder(data_dir / "val")
     if test_folder.classes != train_folder.classes:
         # ImageFolder numbers classes by sorted folder name; different folders would silently mislabel.
+        only = sorted(set(test_folder.classes) ^ set(train_folder.classes))
         raise DataError(f"imagefolder: {data_dir / 'val'} must have the same class folders as "
-                        f"{data_dir / 'train'} ({len(test_folder.classes)} vs {len(train_folder.classes)})")
+                        f"{data_dir / 'train'} (in one only: {', '.join(only[:5])}{' ...' if len(only) > 5 else ''})")
     train_index, val_index = split_indices(len(train_folder), val_fraction, split_seed)
 
     def split(folder: torchvision.datasets.ImageFolder, indices: list[int]) -> FolderSplit:

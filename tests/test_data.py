@@ -403,6 +403,25 @@ def test_imagefolder_augmentation_is_reproducible_whatever_the_worker_count(tmp_
     assert not torch.equal(first, epoch(0, seed=1))
 
 
+def test_imagefolder_with_other_class_folders_in_val_names_them(tmp_path: Path) -> None:
+    _write_image_tree(tmp_path / "train", {"cat": 1, "dog": 1})
+    _write_image_tree(tmp_path / "val", {"cat": 1, "owl": 1})
+    with pytest.raises(DataError, match=r"must have the same class folders as .*train \(in one only: dog, owl\)$"):
+        load_dataset("imagefolder", tmp_path, num_workers=0)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_corrupt_image_in_an_imagefolder_is_one_line_naming_it(tmp_path: Path, num_workers: int) -> None:
+    _write_image_tree(tmp_path / "train", {"cat": 2, "dog": 2})
+    _write_image_tree(tmp_path / "val", {"cat": 1, "dog": 1})
+    (tmp_path / "val" / "dog" / "0.png").write_bytes(b"not a png")
+    dataset = load_dataset("imagefolder", tmp_path, val_fraction=0.0, image_size=16, num_workers=num_workers)
+    with pytest.raises(DataError) as info:
+        list(dataset.test.batches(2, shuffle=False, augment=False))
+    assert str(info.value) == (f"imagefolder: {tmp_path / 'val' / 'dog' / '0.png'} is not a readable image "
+                               "(UnidentifiedImageError); remove or replace it")
+
+
 @pytest.mark.parametrize("missing", ["train", "val"])
 def test_imagefolder_missing_folder_raises_data_error_naming_it(tmp_path: Path, missing: str) -> None:
     present = "val" if missing == "train" else "train"

@@ -98,7 +98,8 @@ def _train_cases(f: Path) -> list[tuple[list[str], str]]:
         ([*run, *FAST, f"teacher.checkpoint={f / 'missing.pth'}"],
          f"teacher.checkpoint: {f / 'missing.pth'} not found"),
         ([*run, *FAST, f"teacher.checkpoint={f / 'corrupt.pth'}"],
-         f"teacher checkpoint {f / 'corrupt.pth'}: unreadable or corrupt"),
+         f"teacher checkpoint {f / 'corrupt.pth'}: unreadable or corrupt (not a file torch.save wrote, or one cut "
+         "short)"),
         ([*run, *FAST, f"teacher.checkpoint={f / 'cifar_teacher.pth'}"],
          f"teacher checkpoint {f / 'cifar_teacher.pth'}: was trained on 'cifar10', but data.name is 'digits'"),
         ([*run, *FAST, f"teacher.checkpoint={f / 'no_state_dict.pth'}"],
@@ -159,6 +160,9 @@ def _search_cases(f: Path) -> list[tuple[list[str], str]]:
                                       "validation split"),
         (["run.data.val_fraction=0.0001"], "run.data.val_fraction: 0.0001 holds out no image of the digits training "
                                            "set"),
+        # keys a search decides itself: refused, not silently ignored
+        (["run.out_dir=mine"], "run.out_dir: 'mine' is not used by a search: each trial writes in its own Tune folder"),
+        (["run.teacher.cache_dir=mine"], "run.teacher.cache_dir: 'mine' is not used by a search on a folder"),
     ]
 
 
@@ -185,7 +189,7 @@ def test_python_m_iakd_train_refuses_bad_input_with_one_line(index, files, tmp_p
     assert {p: p.stat().st_mtime_ns for p in (files / "done").iterdir()} == done  # the resumable run untouched
 
 
-@pytest.mark.parametrize("index", range(25))
+@pytest.mark.parametrize("index", range(27))
 def test_tune_search_refuses_bad_input_with_one_line(index, files, tmp_path, monkeypatch, capsys):
     args, message = _search_cases(files)[index]
     monkeypatch.chdir(tmp_path)

@@ -87,7 +87,6 @@ def sweep(tmp_path_factory):
             "run.teacher.arch=resnet14", "run.data.image_size=8", "run.optim.batch_size=50",
             "scheduler.grace_period=1", "scheduler.reduction_factor=2", "baselines.methods=[]", "confirm.top_k=0",
             "analysis=false", f"storage_path={tmp}/ray", f"tracking_uri=sqlite:///{tmp}/mlflow.db",
-            f"run.teacher.cache_dir={tmp}/teachers",
             "space.schedule.family=constant", "space.schedule.p0=1.0", "space.schedule.t_end=[0.25, 1.0]",
             "space.schedule.rate=null", "space.schedule.interval=null", "space.schedule.profile=uniform",
             "space.method.name=iakd", "space.method.kd_weight=null", "space.method.teacher_bn=null",

@@ -19,8 +19,7 @@ CONFIG = ROOT / "tune" / "configs" / "digits.yaml"
 def experiment(tmp_path):
     return load_experiment(CONFIG, [
         "run.teacher.arch=resnet8", "run.teacher.epochs=1", "run.data.image_size=8", "run.optim.batch_size=64",
-        f"storage_path={tmp_path}/ray", f"tracking_uri=sqlite:///{tmp_path}/mlflow.db",
-        f"run.teacher.cache_dir={tmp_path}/teachers"])
+        f"storage_path={tmp_path}/ray", f"tracking_uri=sqlite:///{tmp_path}/mlflow.db"])
 
 
 def _parents(experiment):

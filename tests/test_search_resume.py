@@ -28,13 +28,13 @@ EPOCHS = 3
 EXPERIMENT = "iakd-digits"
 
 
-def _overrides(tmp: Path, teachers: Path) -> list[str]:
-    """The sweep's keys; ``teachers``: the teacher cache every invocation shares (the teacher is trained once)."""
+def _overrides(tmp: Path) -> list[str]:
+    """The sweep's keys (its teacher is cached under the storage path: trained once per folder)."""
     return [f"num_samples={SAMPLES}", "max_concurrent=1", "scheduler.name=none", f"run.optim.epochs={EPOCHS}",
             *EVERY_EPOCH,
             "run.teacher.epochs=1", "run.data.image_size=8", "run.teacher.arch=resnet20", "baselines.methods=[ce]",
             "run.data.train_size=null", "baselines.seeds=[0]", "confirm.top_k=1", "confirm.seeds=[1]", "analysis=false",
-            "run.evaluation.bn_images=128", "space.student.init=null", f"run.teacher.cache_dir={teachers}",
+            "run.evaluation.bn_images=128", "space.student.init=null",
             f"storage_path={tmp}/ray", f"tracking_uri=sqlite:///{tmp}/mlflow.db"]
 
 
@@ -48,7 +48,7 @@ def test_an_interrupted_sweep_finishes_with_resume(tmp_path, env):
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    overrides = _overrides(tmp_path, tmp_path / "teachers")
+    overrides = _overrides(tmp_path)
     first = Search(tmp_path, "first", overrides, env)
     try:
         # The database exists (created and migrated under the project's lock) once the parent run is logged.
@@ -158,7 +158,7 @@ def test_an_interrupted_sweep_finishes_with_resume(tmp_path, env):
     straight_dir = tmp_path / "straight"
     straight_dir.mkdir()
     # Its search stage only: the baselines and the confirmation do not touch the search's proposals or scores.
-    only_search = [*_overrides(straight_dir, tmp_path / "teachers"), "baselines.methods=[]", "confirm.top_k=0"]
+    only_search = [*_overrides(straight_dir), "baselines.methods=[]", "confirm.top_k=0"]
     straight = Search(straight_dir, "straight", only_search, env)
     try:
         assert straight.wait(300) == 0, straight.tail()

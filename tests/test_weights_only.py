@@ -62,7 +62,10 @@ def test_the_crafted_file_does_run_code_when_read_without_weights_only(tmp_path)
 def test_a_teacher_file_that_runs_code_on_load_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     path = _malicious(tmp_path / "teacher.pth", marker, TEACHER_SHAPE)
-    with pytest.raises(ConfigError, match=rf"teacher checkpoint {path}: unreadable or corrupt"):
+    # one whole line that says why, not torch's advice to load it with weights_only=False
+    with pytest.raises(ConfigError, match=rf"^teacher checkpoint {path}: refused, it holds objects other than tensors "
+                                          r"and plain data \(a pickle that could run code\); files are read with "
+                                          r"torch.load\(weights_only=True\)$"):
         load_teacher(path, "resnet8", 10)
     assert not marker.exists()
 
@@ -71,7 +74,7 @@ def test_a_resume_checkpoint_that_runs_code_on_load_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     path = _malicious(tmp_path / "checkpoint.pt", marker, CHECKPOINT_SHAPE)
     cfg = load_config(overrides=["method.name=ce", "data.image_size=8", "optim.epochs=1", f"out_dir={tmp_path}/run"])
-    with pytest.raises(ConfigError, match=rf"checkpoint {path}: unreadable or corrupt"):
+    with pytest.raises(ConfigError, match=rf"checkpoint {path}: refused, it holds objects other than tensors"):
         train(cfg, resume_from=path, log=lambda _: None)
     assert not marker.exists()
     assert not (tmp_path / "run" / "student.pt").exists()  # refused before any training
@@ -80,7 +83,7 @@ def test_a_resume_checkpoint_that_runs_code_on_load_is_refused(tmp_path):
 def test_load_file_refuses_a_pickle_that_runs_code_on_load(tmp_path):
     marker = tmp_path / "pwned"
     path = _malicious(tmp_path / "anything.pt", marker, {})
-    with pytest.raises(ConfigError, match=rf"checkpoint {path}: unreadable or corrupt"):
+    with pytest.raises(ConfigError, match=rf"checkpoint {path}: refused, it holds objects other than tensors"):
         load_file(path)
     assert not marker.exists()
 

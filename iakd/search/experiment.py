@@ -183,6 +183,13 @@ def validate(values: Mapping[str, Any]) -> Experiment:
     if "teacher" in inits and not transplant_plan(base.student.arch, base.teacher.arch):
         raise ConfigError(f"space.student.init: 'teacher' is impossible for {pair}: no part of the teacher has the "
                           "student's shapes (stem, blocks and classifier all differ)")
+    # Keys a search decides itself: refused, not silently ignored.
+    if base.out_dir != TrainConfig().out_dir:
+        raise ConfigError(f"run.out_dir: {base.out_dir!r} is not used by a search: each trial writes in its own Tune "
+                          "folder under storage_path; remove it")
+    if base.teacher.cache_dir != TrainConfig().teacher.cache_dir and not is_uri(cfg.storage_path):
+        raise ConfigError(f"run.teacher.cache_dir: {base.teacher.cache_dir!r} is not used by a search on a folder: "
+                          "its teacher is cached in <storage_path>/teachers, where every trial reads it; remove it")
     # Paths the trials read, made absolute now (trials run in their own folders, maybe on other nodes).
     base.data.dir = _absolute(base.data.dir)
     base.teacher.cache_dir = _absolute(base.teacher.cache_dir)

@@ -4,6 +4,7 @@ how to browse the runs)."""
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,7 +98,9 @@ def format_summary(summary: SearchSummary) -> str:
     if uri.startswith("http"):
         lines.append(f"Browse the runs: {uri.rstrip('/')}/{page}")
     else:
-        lines.append(f"Browse the runs: mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000/{page}")
+        lines.append(f"Browse the runs: mlflow ui --backend-store-uri {shlex.quote(uri)}, then open "
+                     f"http://127.0.0.1:5000/{page}")
     if summary.optuna_storage:
-        lines.append(f"Browse the Optuna study {summary.study!r}: optuna-dashboard {summary.optuna_storage}")
+        dashboard = f"optuna-dashboard {shlex.quote(summary.optuna_storage)}"
+        lines.append(f"Browse the Optuna study {summary.study!r}: {dashboard}")
     return "\n".join(lines)
