@@ -64,3 +64,33 @@ def test_a_rerun_supersedes_the_earlier_parent_and_resume_continues_the_newest(e
     # --resume with nothing stored yet starts the sweep instead of refusing
     assert seen[2][1] is False
     assert any("nothing to resume" in line and "starting it" in line for line in lines)
+
+
+def test_resume_refuses_a_config_that_changes_training_before_touching_anything(experiment, tmp_path, monkeypatch):
+    from iakd.errors import ConfigError
+
+    seen = []
+
+    def stages(experiment, parent, *args, resume, **kwargs):
+        seen.append((parent, resume, experiment.config.max_concurrent))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(runner, "_run_stages", stages)
+    with pytest.raises(RuntimeError):
+        runner.run_search(experiment, log=lambda _: None)
+    before = _parents(experiment)
+    monkeypatch.setattr(runner.tune.Tuner, "can_restore", staticmethod(lambda path: True))  # Tune's state is there
+    common = ["run.teacher.arch=resnet8", "run.teacher.epochs=1", "run.data.image_size=8", "run.optim.batch_size=64",
+              f"storage_path={tmp_path}/ray", f"tracking_uri=sqlite:///{tmp_path}/mlflow.db"]
+    for change, message in ((["run.optim.epochs=3"], "--resume: run.optim.epochs is 3 here but 150 when the sweep "
+                                                     f"started (parent run {seen[0][0]})"),
+                            (["space.schedule.p0={low: 0.2, high: 0.4}"], "--resume: space.schedule.p0.high is 0.4 "
+                                                                          "here but 1.0 when the sweep started")):
+        with pytest.raises(ConfigError) as info:
+            runner.run_search(load_experiment(CONFIG, [*common, *change]), resume=True, log=lambda _: None)
+        assert str(info.value).startswith(message), str(info.value)
+    assert len(seen) == 1 and _parents(experiment) == before  # nothing ran, the parent run untouched
+    # keys that only say where things go or how fast they run may change
+    with pytest.raises(RuntimeError, match="stop here"):
+        runner.run_search(load_experiment(CONFIG, [*common, "max_concurrent=1"]), resume=True, log=lambda _: None)
+    assert seen[1] == (seen[0][0], True, 1)

@@ -23,10 +23,11 @@ from ray.tune.search import ConcurrencyLimiter
 
 from iakd import outcomes, tracking
 from iakd.analysis.results import SweepResults, sweep_results
-from iakd.config import MethodConfig, to_dict
-from iakd.errors import RunError
+from iakd.config import MethodConfig, flat_items, to_dict
+from iakd.errors import ConfigError, RunError
 from iakd.judging import best_judged_epoch, evaluated
 from iakd.methods import METHODS
+from iakd.resume import RESUME_FREE_KEYS
 from iakd.search import preflight
 from iakd.search.experiment import Experiment, ExperimentConfig
 from iakd.search.scheduler import HandoverASHA
@@ -143,6 +144,8 @@ def run_search(
     if resume and not any(tune.Tuner.can_restore(p) for p in _stage_paths(cfg)):
         log(f"--resume: nothing to resume under {cfg.storage_path} for experiment {name!r}; starting it")
         resume = False
+    if resume:
+        _check_resumed_config(uri, experiment)
 
     teacher_path = share_teacher(base, cfg.storage_path, log=log)
     warning = check_teacher(base, teacher_path) if METHODS_USING_TEACHER & _methods_in(experiment) else None
@@ -181,6 +184,39 @@ def run_search(
         tracking.finish_parent_run(uri, parent, tags={tracking.ERROR_TAG: f"{type(error).__name__}: {error}"[:500]},
                                    status=status)
         raise
+
+
+# Experiment keys a resumed sweep may change: where things are stored and shown, and how fast it runs. Every other
+# key (the base run's, less iakd.resume's free keys; the space; the budget; the stages) changes what is trained.
+RESUME_FREE_EXPERIMENT_KEYS = ("storage_path", "tracking_uri", "optuna_storage", "max_concurrent", "max_failures",
+                               "resources.cpu", "resources.gpu", "analysis")
+
+
+def _check_resumed_config(uri: str, experiment: Experiment) -> None:
+    """Refuse, in one line, a ``--resume`` whose experiment config differs from the one its sweep started with
+    (the parent run's ``experiment.yaml``) in a key that changes training: Tune would restore trials built from
+    the old config beside new ones, and Optuna's study would mix two spaces. Nothing is touched before."""
+    import tempfile
+
+    import yaml
+
+    cfg = experiment.config
+    parent = tracking.find_run(uri, cfg.experiment, {tracking.SWEEP_TAG: cfg.experiment, tracking.ROLE_TAG: "sweep"})
+    if parent is None:
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path = tracking.mlflow_client(uri).download_artifacts(parent, "experiment.yaml", folder)
+        except Exception:  # noqa: BLE001 - a parent from before this check, or its artifacts gone: nothing to compare
+            return
+        started = yaml.safe_load(Path(path).read_text())
+    free = {*RESUME_FREE_EXPERIMENT_KEYS, *(f"run.{key}" for key in RESUME_FREE_KEYS)}
+    before, now = flat_items(started), flat_items(to_dict(cfg))
+    for key in sorted(set(before) | set(now)):
+        if key not in free and before.get(key) != now.get(key):
+            raise ConfigError(f"--resume: {key} is {now.get(key)!r} here but {before.get(key)!r} when the sweep "
+                              f"started (parent run {parent}); resume with the sweep's own config, or start another "
+                              "sweep under a new experiment name")
 
 
 def _stage_paths(cfg: ExperimentConfig) -> tuple[str, str, str]:
