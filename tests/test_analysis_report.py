@@ -188,6 +188,20 @@ def test_the_command_line_refuses_a_name_or_folder_it_cannot_write_under_with_on
     assert mine.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["report.md"]
 
 
+def test_the_read_only_command_never_writes_into_an_empty_or_corrupt_store(tmp_path):
+    empty, corrupt = tmp_path / "empty.db", tmp_path / "corrupt.db"
+    empty.write_bytes(b"")
+    corrupt.write_bytes(bytes(range(256)) * 20)
+    for database, why in ((empty, "is empty, not an MLflow database"),
+                          (corrupt, "is not an SQLite database (file is not a database)")):
+        result = _ablations(f"sqlite:///{database}", "--out", str(tmp_path / "out"), "--no-log")
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines()[0].startswith(f"error: tracking URI sqlite:///{database}: {database} "
+                                                                f"{why}")
+    assert empty.read_bytes() == b"" and corrupt.read_bytes() == bytes(range(256)) * 20
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.db", "empty.db"]
+
+
 def test_the_command_line_on_a_sweep_without_finished_runs_exits_2_with_one_line(built, tmp_path):
     result = _ablations(built.uri, "--experiment", EMPTY_EXPERIMENT, "--out", str(tmp_path / "out"))
     assert result.returncode == 2

@@ -44,6 +44,11 @@ def files(tmp_path_factory):
                  num_classes=10, accuracy=90.0)
     torch.save({"model": [1, 2, 3]}, tmp / "no_state_dict.pth")
     (tmp / "a_file").write_text("")
+    (tmp / "random.db").write_bytes(bytes(range(256)) * 20)  # not SQLite
+    import sqlite3
+
+    with sqlite3.connect(tmp / "foreign.db") as db:  # SQLite, but another program's
+        db.execute("CREATE TABLE notes (text)")
     (tmp / "empty.yaml").write_text("")
     # Fashion-MNIST's four files with the test images cut short, as an interrupted copy leaves them.
     write_idx_dataset(tmp / "fashion", gz=True)
@@ -160,6 +165,16 @@ def _search_cases(f: Path) -> list[tuple[list[str], str]]:
                                       "validation split"),
         (["run.data.val_fraction=0.0001"], "run.data.val_fraction: 0.0001 holds out no image of the digits training "
                                            "set"),
+        # stores opened before any work: a corrupt or foreign file is one line naming it
+        (["--tracking-uri", f"sqlite:///{f / 'random.db'}"],
+         f"--tracking-uri (tracking_uri): {f / 'random.db'} is not an SQLite database (file is not a database)"),
+        (["--tracking-uri", f"sqlite:///{f / 'foreign.db'}"],
+         f"--tracking-uri (tracking_uri): {f / 'foreign.db'} is an SQLite database but not MLflow's (it has no "
+         "experiments table)"),
+        ([f"optuna_storage=sqlite:///{f / 'random.db'}"], f"optuna_storage: {f / 'random.db'} is not an SQLite "
+                                                          "database"),
+        ([f"optuna_storage=sqlite:///{f / 'foreign.db'}"], f"optuna_storage: {f / 'foreign.db'} is an SQLite database "
+                                                           "but not Optuna's (it has no studies table)"),
         # keys a search decides itself: refused, not silently ignored
         (["run.out_dir=mine"], "run.out_dir: 'mine' is not used by a search: each trial writes in its own Tune folder"),
         (["run.teacher.cache_dir=mine"], "run.teacher.cache_dir: 'mine' is not used by a search on a folder"),
@@ -189,7 +204,7 @@ def test_python_m_iakd_train_refuses_bad_input_with_one_line(index, files, tmp_p
     assert {p: p.stat().st_mtime_ns for p in (files / "done").iterdir()} == done  # the resumable run untouched
 
 
-@pytest.mark.parametrize("index", range(27))
+@pytest.mark.parametrize("index", range(31))
 def test_tune_search_refuses_bad_input_with_one_line(index, files, tmp_path, monkeypatch, capsys):
     args, message = _search_cases(files)[index]
     monkeypatch.chdir(tmp_path)

@@ -17,7 +17,7 @@ from iakd.data import CIFAR_LAYOUTS, check_data_folder, load_dataset
 from iakd.errors import ConfigError
 from iakd.search import storage
 from iakd.search.storage import is_uri
-from iakd.tracking import TIMEOUT_S, check_server, sqlite_file
+from iakd.tracking import TIMEOUT_S, check_server, check_sqlite_store, sqlite_file
 
 __all__ = ["check_storage", "check_tracking_uri", "check_optuna_storage", "check_address", "check_run_inputs",
            "TIMEOUT_S"]
@@ -53,6 +53,7 @@ def check_tracking_uri(tracking_uri: str, timeout: float = TIMEOUT_S) -> None:
         check_writable_folder(database.resolve().parent, what)
         if database.exists() and not os.access(database, os.R_OK | os.W_OK):
             raise ConfigError(f"{what}: {database} is not a readable and writable file")
+        check_sqlite_store(database, what, "experiments", "MLflow")
         return
     if tracking_uri.startswith(("http://", "https://")):
         check_server(tracking_uri, what, timeout)
@@ -71,6 +72,7 @@ def check_optuna_storage(storage: str) -> None:
         if database.is_dir():
             raise ConfigError(f"{what}: {database} is a folder, not an Optuna database file")
         check_writable_folder(database.absolute().parent, what)
+        check_sqlite_store(database, what, "studies", "Optuna")
         return
     if not is_uri(storage):
         raise ConfigError(f"{what}: {storage!r} is not an RDB URL (sqlite:///path, postgresql://..., mysql://...)")

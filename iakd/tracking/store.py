@@ -33,7 +33,7 @@ except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["TIMEOUT_S", "sqlite_file", "absolute_uri", "check_server", "mlflow_client", "connect",
-           "check_experiment_name"]
+           "check_experiment_name", "check_sqlite_store"]
 
 # An experiment's name is an MLflow experiment, a value in MLflow filter strings, the name of the Tune folders
 # under the storage path and of analysis_out/<name>: letters (any script), digits, '_', '.' and '-', starting with
@@ -87,6 +87,29 @@ def check_server(tracking_uri: str, what: str = "tracking URI", timeout: float =
                           f"({reason})") from None
 
 
+def check_sqlite_store(database: Path, what: str, table: str, owner: str) -> None:
+    """An existing SQLite file that a command is about to use as ``owner``'s store (MLflow's, Optuna's): opened
+    read-only and checked whole (``PRAGMA quick_check``), it must be SQLite, intact, and either empty or hold
+    ``table``. A ConfigError names ``what`` and the file otherwise; nothing is written. A missing or empty file
+    passes (the command creates the store)."""
+    import sqlite3
+    from contextlib import closing
+
+    if not database.is_file() or database.stat().st_size == 0:
+        return
+    try:
+        with closing(sqlite3.connect(f"{database.absolute().as_uri()}?mode=ro", uri=True)) as db:
+            verdict = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as error:
+        raise ConfigError(f"{what}: {database} is not an SQLite database ({error}); corrupt, or another kind of "
+                          "file") from None
+    if verdict != "ok":
+        raise ConfigError(f"{what}: {database} is a damaged SQLite database ({verdict})")
+    if tables and table not in tables:
+        raise ConfigError(f"{what}: {database} is an SQLite database but not {owner}'s (it has no {table} table)")
+
+
 def mlflow_client(tracking_uri: str, *, must_exist: bool = False) -> MlflowClient:
     """The MLflow client for ``tracking_uri``. With ``must_exist``, a sqlite URI must name an existing database
     (opening a missing file would create an empty one: a typo'd path must not do that), and an http(s) server
@@ -97,6 +120,10 @@ def mlflow_client(tracking_uri: str, *, must_exist: bool = False) -> MlflowClien
         database = sqlite_file(tracking_uri)
         if database is not None and not database.is_file():
             raise ConfigError(f"tracking URI {tracking_uri}: no MLflow database at {database}")
+        if database is not None and database.stat().st_size == 0:  # MLflow would write its tables into it
+            raise ConfigError(f"tracking URI {tracking_uri}: {database} is empty, not an MLflow database")
+        if database is not None:
+            check_sqlite_store(database, f"tracking URI {tracking_uri}", "experiments", "MLflow")
     return MlflowClient(tracking_uri=tracking_uri)
 
 
