@@ -94,3 +94,39 @@ def test_resume_refuses_a_config_that_changes_training_before_touching_anything(
     with pytest.raises(RuntimeError, match="stop here"):
         runner.run_search(load_experiment(CONFIG, [*common, "max_concurrent=1"]), resume=True, log=lambda _: None)
     assert seen[1] == (seen[0][0], True, 1)
+
+
+def test_a_second_sweep_of_a_running_experiment_is_refused_and_a_killed_ones_lock_is_gone(experiment, monkeypatch):
+    import signal
+    import subprocess
+    import sys
+
+    from iakd.errors import ConfigError
+    from iakd.search import storage
+
+    seen = []
+
+    def stages(experiment, parent, *args, **kwargs):
+        seen.append(parent)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(runner, "_run_stages", stages)
+    cfg = experiment.config
+    with storage.sweep_lock(cfg.storage_path, cfg.experiment):  # a sweep of it is running
+        with pytest.raises(ConfigError, match=r"^experiment 'iakd-digits': another sweep of it is running on "):
+            runner.run_search(experiment, log=lambda _: None)
+    assert seen == [] and not Path(cfg.tracking_uri.removeprefix("sqlite:///")).exists()  # nothing started
+    # a driver killed while it held the lock leaves no lock behind (the kernel drops it with the process)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom iakd.search import storage\n"
+                               f"with storage.sweep_lock({cfg.storage_path!r}, {cfg.experiment!r}):\n"
+                               "    print('held', flush=True)\n    time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match="another sweep of it is running"):
+            runner.run_search(experiment, log=lambda _: None)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with pytest.raises(RuntimeError, match="stop here"):
+        runner.run_search(experiment, log=lambda _: None)
+    assert len(seen) == 1

@@ -28,7 +28,7 @@ from iakd.errors import ConfigError, RunError
 from iakd.judging import best_judged_epoch, evaluated
 from iakd.methods import METHODS
 from iakd.resume import RESUME_FREE_KEYS
-from iakd.search import preflight
+from iakd.search import preflight, storage
 from iakd.search.experiment import Experiment, ExperimentConfig
 from iakd.search.scheduler import HandoverASHA
 from iakd.search.space import Fixed
@@ -139,6 +139,18 @@ def run_search(
     preflight.check_optuna_storage(optuna_storage)
     preflight.check_address(address)
     preflight.check_run_inputs(base)
+    # One sweep of an experiment at a time on a storage path; the store is created (under its lock) before any
+    # command reads it, so two commands that start together on a fresh store do not race on MLflow's tables.
+    with storage.sweep_lock(cfg.storage_path, name):
+        tracking.connect(uri, name)
+        return _run_locked(experiment, uri, optuna_storage, resume=resume, address=address, log=log,
+                           verbose=verbose, analysis=analysis)
+
+
+def _run_locked(experiment: Experiment, uri: str, optuna_storage: str, *, resume: bool, address: str | None,
+                log: Callable[[str], None], verbose: int, analysis: bool) -> SearchSummary:
+    """:func:`run_search` once the door is passed and the sweep's lock is held."""
+    cfg, name, base = experiment.config, experiment.config.experiment, experiment.base
     # --resume continues what there is: the Tune stages that were stored, and the newest parent run.
     reuse_parent = resume
     if resume and not any(tune.Tuner.can_restore(p) for p in _stage_paths(cfg)):
@@ -166,6 +178,8 @@ def run_search(
         dicts={"search_space.yaml": experiment.space.to_dict(), "experiment.yaml": to_dict(cfg)},
     )
     log(f"MLflow: experiment {name!r}, parent run {parent} ({'resumed' if previous else 'new'}) at {uri}")
+    if previous is not None:  # what an earlier attempt said of how it ended no longer holds
+        tracking.delete_tags(uri, parent, [tracking.ERROR_TAG, tracking.INTERRUPTED_TAG])
     study = study_name(name, parent)  # one study per sweep: --resume (the same parent) continues it
     tracking.set_tags(uri, parent, {"optuna.storage": optuna_storage, "optuna.study": study})
     if superseded is not None:

@@ -8,17 +8,20 @@ the driver trains or checks once before the sweep.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.fs
 
 from iakd.checkpoint import publish
+from iakd.errors import ConfigError
 
-__all__ = ["is_uri", "join", "exists", "upload", "download", "fetch"]
+__all__ = ["is_uri", "join", "exists", "upload", "download", "fetch", "sweep_lock"]
 
 
 def is_uri(location: str) -> bool:
@@ -85,3 +88,31 @@ def fetch(location: str, cache_dir: str | Path | None = None) -> Path:
     if not local.is_file():
         download(location, local)
     return local
+
+
+@contextlib.contextmanager
+def sweep_lock(storage_path: str, experiment: str) -> Iterator[None]:
+    """Hold the experiment's lock on a storage folder for the whole sweep: a second sweep of the same experiment
+    there is refused (a ConfigError naming the lock) instead of sharing its Tune folders and overwriting its state.
+
+    The lock is ``flock`` on ``<storage_path>/.<experiment>.lock``: the kernel releases it when the holder dies,
+    so a killed driver never blocks the next sweep (the empty file may stay). Behind a URI (``s3://``) there is no
+    such lock: one sweep per experiment there is the user's to keep."""
+    if is_uri(storage_path):
+        yield
+        return
+    import fcntl
+
+    folder = Path(storage_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f".{experiment}.lock"
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"experiment {experiment!r}: another sweep of it is running on {storage_path} (it holds "
+                              f"{path}); wait for it to end, or use another experiment name or storage path") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

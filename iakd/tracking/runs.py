@@ -14,7 +14,7 @@ from iakd.tracking.tags import SUPERSEDED_TAG
 from iakd.tracking.values import as_metrics, as_params, as_tag_dict, as_tags
 
 __all__ = ["OPEN_STATUSES", "start_parent_run", "finish_parent_run", "child_runs", "find_run", "find_child",
-           "set_tags", "supersede_run", "close_run", "delete_children"]
+           "set_tags", "delete_tags", "supersede_run", "close_run", "delete_children"]
 
 # Runs per search_runs page (MLflow's own default); a module constant so tests can page with few runs.
 _PAGE_SIZE = 1000
@@ -152,3 +152,12 @@ def delete_children(tracking_uri: str, parent_run_id: str, tags: Mapping[str, st
             client.set_terminated(run.info.run_id, status="KILLED")
         client.delete_run(run.info.run_id)
     return len(stale)
+
+
+def delete_tags(tracking_uri: str, run_id: str, keys: list[str]) -> None:
+    """Remove the tags ``keys`` from a run, those it has."""
+    client = mlflow_client(tracking_uri)
+    present = client.get_run(run_id).data.tags
+    for key in keys:
+        if key in present:
+            client.delete_tag(run_id, key)

@@ -101,6 +101,11 @@ def check_sqlite_store(database: Path, what: str, table: str, owner: str) -> Non
         with closing(sqlite3.connect(f"{database.absolute().as_uri()}?mode=ro", uri=True)) as db:
             verdict = db.execute("PRAGMA quick_check(1)").fetchone()[0]
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.OperationalError as error:
+        if "locked" in str(error):  # another command is writing it (creating its tables, say): it is in use
+            return
+        raise ConfigError(f"{what}: {database} is not an SQLite database ({error}); corrupt, or another kind of "
+                          "file") from None
     except sqlite3.DatabaseError as error:
         raise ConfigError(f"{what}: {database} is not an SQLite database ({error}); corrupt, or another kind of "
                           "file") from None
