@@ -72,7 +72,8 @@ def test_resume_refuses_a_config_that_changes_training_before_touching_anything(
     seen = []
 
     def stages(experiment, parent, *args, resume, **kwargs):
-        seen.append((parent, resume, experiment.config.max_concurrent))
+        tags = MlflowClient(experiment.config.tracking_uri).get_run(parent).data.tags
+        seen.append((parent, resume, experiment.config.max_concurrent, "iakd.error" in tags))
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(runner, "_run_stages", stages)
@@ -93,7 +94,8 @@ def test_resume_refuses_a_config_that_changes_training_before_touching_anything(
     # keys that only say where things go or how fast they run may change
     with pytest.raises(RuntimeError, match="stop here"):
         runner.run_search(load_experiment(CONFIG, [*common, "max_concurrent=1"]), resume=True, log=lambda _: None)
-    assert seen[1] == (seen[0][0], True, 1)
+    # the same parent, resumed; the first attempt's error tag is gone while it runs (it failed again only here)
+    assert seen[1] == (seen[0][0], True, 1, False)
 
 
 def test_a_second_sweep_of_a_running_experiment_is_refused_and_a_killed_ones_lock_is_gone(experiment, monkeypatch):
