@@ -85,3 +85,30 @@ def test_a_given_teacher_file_is_published_under_a_name_that_includes_its_conten
         assert shared.startswith(f"file://{tmp_path}/store/teachers/ckpt_epoch_240-") and storage.exists(shared)
         assert storage.fetch(shared, tmp_path / "node").read_bytes() == path.read_bytes()
     assert len(list((tmp_path / "store" / "teachers").iterdir())) == 2
+
+
+def test_resume_refuses_a_tune_folder_others_could_have_written(tmp_path):
+    """Tuner.restore unpickles tuner.pkl and the searcher's state: the folder and those files must be the user's."""
+    import os
+
+    import pytest
+
+    from iakd.errors import ConfigError
+    from iakd.search.storage import check_private
+
+    stage = tmp_path / "iakd-digits"
+    stage.mkdir()
+    pickle_file = stage / "tuner.pkl"
+    pickle_file.write_bytes(b"state")
+    (stage / "notes.txt").write_text("not read by Tune")
+    os.chmod(stage / "notes.txt", 0o666)
+    check_private(str(stage))  # the user's own, other files ignored
+    os.chmod(pickle_file, 0o666)
+    with pytest.raises(ConfigError, match=rf"^--resume: {pickle_file} is writable by every user; Tune unpickles"):
+        check_private(str(stage))
+    os.chmod(pickle_file, 0o644)
+    if os.getuid() == 0:  # only root can give a file away
+        os.chown(pickle_file, 12345, -1)
+        with pytest.raises(ConfigError, match=rf"^--resume: {pickle_file} is owned by user id 12345, not by you"):
+            check_private(str(stage))
+    check_private("s3://bucket/iakd-digits")  # nothing to check behind a URI

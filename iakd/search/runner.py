@@ -109,6 +109,7 @@ REUSE_ACTORS = True
 def _tuner(path: str, trainable, param_space: dict, tune_config: tune.TuneConfig, run_config: tune.RunConfig,
            resume: bool) -> tune.Tuner:
     if resume and tune.Tuner.can_restore(path):
+        storage.check_private(path)  # Tune unpickles its own files from there
         # the searcher's state (Optuna's study) is restored with the experiment
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True)
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)

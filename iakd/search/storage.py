@@ -21,7 +21,7 @@ import pyarrow.fs
 from iakd.checkpoint import publish
 from iakd.errors import ConfigError
 
-__all__ = ["is_uri", "join", "exists", "upload", "download", "fetch", "sweep_lock"]
+__all__ = ["is_uri", "join", "exists", "upload", "download", "fetch", "sweep_lock", "check_private"]
 
 
 def is_uri(location: str) -> bool:
@@ -116,3 +116,23 @@ def sweep_lock(storage_path: str, experiment: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def check_private(folder: str) -> None:
+    """Before ``--resume`` hands a Tune folder to ``Tuner.restore``, which unpickles the files in it (``tuner.pkl``,
+    the searcher's state): on a local or NFS folder, the folder and those files must be the user's own and not
+    writable by others, as ssh asks of its keys; a ConfigError names the first that is not. Behind a URI nothing
+    can be checked: such a storage path must be as private as the code (README, "What --resume trusts")."""
+    if is_uri(folder):
+        return
+    root = Path(folder)
+    for path in [root, *sorted(p for p in root.iterdir() if p.suffix in (".pkl", ".json"))]:
+        info = path.stat()
+        if info.st_uid != os.getuid():
+            why = f"is owned by user id {info.st_uid}, not by you ({os.getuid()})"
+        elif info.st_mode & 0o002:
+            why = "is writable by every user"
+        else:
+            continue
+        raise ConfigError(f"--resume: {path} {why}; Tune unpickles what that folder holds, so it must be yours "
+                          "alone (chmod o-w, or start a new sweep)")
