@@ -204,6 +204,7 @@ ATOMIC_OR_EXEMPT = {
     ("iakd/prepare_data.py", "_locked", "open(a)"),  # an empty lock file
     ("iakd/search/trainable.py", "_train_and_log", "open(a|w)"),  # train.log: append-only, a line at a time
     ("iakd/search/storage.py", "upload", "pyarrow.fs.copy_files"),  # to a .partial name, then fs.move
+    ("iakd/search/storage.py", "sweep_lock", "open(a)"),  # an empty lock file, never written: flock only
     ("iakd/analysis/export.py", "write_tables", ".write_table"),  # to checkpoint.atomic_path, then os.replace
     ("iakd/analysis/plots/style.py", "save", ".savefig"),  # to checkpoint.atomic_path, then os.replace
     ("iakd/analysis/controlled.py", "run", "open(a)"),  # runs.jsonl: append-only, a whole line per finished run
