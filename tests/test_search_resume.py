@@ -15,6 +15,7 @@ Every wait has a deadline, and the processes run in their own process group, kil
 
 from __future__ import annotations
 
+import shlex
 import signal
 import time
 from pathlib import Path
@@ -73,11 +74,13 @@ def test_an_interrupted_sweep_finishes_with_resume(tmp_path, env):
         # Into the next epoch, leaving the driver time to take in the checkpoint of the one just reported.
         time.sleep(min(max(1.0, 0.5 * running.data.metrics.get("epoch_seconds", 1.0)), 5.0))
         first.proc.send_signal(signal.SIGINT)
-        assert first.wait(120) == 3, first.tail()
+        assert first.wait(120) == 130, first.tail()
     finally:
         if first.proc.poll() is None:
             first.kill()
     assert "interrupted: continue with --resume" in first.stdout()
+    assert first.err.read_text().strip().splitlines()[-1].endswith(
+        f"continue with: {shlex.join(['python', 'tune/search.py', *overrides, '--resume'])}")
 
     interrupted_trial = running.data.tags["iakd.trial_id"]
     parents = client.search_runs([experiment_id], "tags.`iakd.role` = 'sweep'")
@@ -174,3 +177,43 @@ def test_an_interrupted_sweep_finishes_with_resume(tmp_path, env):
         return sorted((tuple(r.data.params.get(k) for k in keys), r.data.metrics["best_val_acc"]) for r in found)
 
     assert proposals(other_runs) == proposals(runs)
+
+
+def test_sigterm_during_the_baselines_stops_the_sweep_and_counts_no_cut_short_baseline(tmp_path, env):
+    """SIGTERM (docker stop, a scheduler) while a baseline trains: the sweep stops within seconds with one line and
+    exit 143, the search stage never starts, the parent run is KILLED, and the baseline that was cut short is a
+    KILLED run, not a finished one standing beside longer trials; no run is left RUNNING."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    overrides = [*_overrides(tmp_path), "run.optim.epochs=30", "baselines.seeds=[0, 1]"]
+    search = Search(tmp_path, "terminated", overrides, env)
+    try:
+        until(lambda: "MLflow: experiment" in search.stdout(), 180, search, "parent run")
+        client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+        experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+
+        def training_baseline():
+            try:
+                runs = client.search_runs([experiment_id], "tags.`iakd.role` = 'baseline'")
+            except MlflowException:
+                return None
+            return next((r for r in runs if r.info.status == "RUNNING" and r.data.metrics.get("epochs", 0) >= 1), None)
+
+        until(training_baseline, 240, search, "a baseline in training")
+        search.proc.send_signal(signal.SIGTERM)
+        assert search.wait(120) == 143, search.tail()
+    finally:
+        if search.proc.poll() is None:
+            search.kill()
+    last = search.err.read_text().strip().splitlines()[-1]
+    assert last.startswith("interrupted by SIGTERM: the sweep stopped before its stages ended") and last.endswith(
+        f"continue with: {shlex.join(['python', 'tune/search.py', *overrides, '--resume'])}"), last
+    runs = client.search_runs([experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("iakd.role") == "sweep"]
+    assert parent.info.status == "KILLED" and parent.data.tags["iakd.interrupted"] == "true"
+    assert not [r for r in runs if r.data.tags.get("iakd.role") == "search"]  # the search stage never started
+    baselines = [r for r in runs if r.data.tags.get("iakd.role") == "baseline"]
+    assert not [r for r in baselines if r.info.status in ("RUNNING", "SCHEDULED")]
+    cut_short = [r for r in baselines if r.data.metrics.get("epochs", 0) < 30]
+    assert cut_short and all(r.info.status == "KILLED" and r.data.tags.get("status") is None for r in cut_short)

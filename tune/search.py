@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import signal
 import sys
 
 from iakd.errors import ConfigError, RunError
@@ -49,17 +51,39 @@ def main(argv: list[str] | None = None) -> int:
     # Trials checkpoint every epoch (exact resume), and a digits epoch takes seconds, so Tune snapshots its
     # state often; its warning about that only advises checkpointing less. Keep the console for the table.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # SIGTERM (a scheduler, systemd, docker stop) stops the sweep as Ctrl-C does: Tune stops its trials
+    # gracefully on SIGINT, and outside a Tune stage it is a KeyboardInterrupt that closes the parent run.
+    terminated: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        terminated.append(signum)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    given = list(argv if argv is not None else sys.argv[1:])
+    again = shlex.join(["python", "tune/search.py", *given, *([] if args.resume else ["--resume"])])
     try:
         experiment = load_experiment(args.config, overrides)
         summary = run_search(experiment, resume=args.resume, address=args.address, analysis=not args.no_analysis)
+    except KeyboardInterrupt:
+        code = 143 if terminated else 130
+        print(f"interrupted{' by SIGTERM' if terminated else ''} before the sweep ended: continue with: {again}",
+              file=sys.stderr)
+        return code
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except RunError as e:  # it ran, and gave nothing: its parent run is FAILED with this line as iakd.error
         print(f"error: {e}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(format_summary(summary))
-    return 3 if summary.interrupted else 0
+    if summary.interrupted:
+        print(f"interrupted{' by SIGTERM' if terminated else ''}: the sweep stopped before its stages ended (its "
+              f"parent run is KILLED, no trial counted that did not end): continue with: {again}", file=sys.stderr)
+        return 143 if terminated else 130
+    return 0
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from iakd.search.trainable import (
     TrialContext,
     baseline_name,
     confirm_name,
+    ended,
     run_trial,
     trial_name,
 )
@@ -76,6 +78,8 @@ def _summaries(results: tune.ResultGrid, runs: dict[str, Run]) -> list[TrialSumm
         run = runs.get(str(r.metrics.get("trial_id")))
         if r.error is not None:
             outcome = outcomes.ERROR
+        elif not ended(r.metrics or {}):  # an interruption cut it short, whatever its run says
+            outcome = outcomes.UNFINISHED
         elif run is None:
             outcome = outcomes.UNFINISHED
         else:
@@ -245,7 +249,12 @@ def _run_stages(experiment: Experiment, parent: str, uri: str, teacher_path: str
                 analysis: bool, study: tuple[str, str]) -> SearchSummary:
     """The stages of a sweep whose parent run is open: baselines, search, confirmation, then its answer."""
     if not ray.is_initialized():
+        # ray.init puts its own SIGTERM handler in (it logs a stack dump and aborts): keep the caller's, which
+        # stops the sweep as Ctrl-C does (tune/search.py)
+        handler = signal.getsignal(signal.SIGTERM)
         ray.init(address=address, include_dashboard=False, log_to_driver=verbose > 1)
+        if callable(handler):
+            signal.signal(signal.SIGTERM, handler)
     stages = _Stages(experiment, parent, uri, teacher_path, warning, resume, verbose, *study)
     baselines, interrupted = stages.baselines()
     trials: list[TrialSummary] = []
@@ -312,7 +321,9 @@ class _Stages:
                                             trial_dirname_creator=baseline_name),
                             f"{cfg.experiment}-baselines")
         summaries = _summaries(results, _trial_runs(self.uri, self.parent))
-        return summaries, _unfinished(results, len(cfg.baselines.methods) * len(cfg.baselines.seeds) * len(inits))
+        expected = len(cfg.baselines.methods) * len(cfg.baselines.seeds) * len(inits)
+        # only baselines that ended count (and are printed): an interrupted one would stand beside longer trials
+        return [s for s in summaries if s.outcome in outcomes.USABLE], _unfinished(results, expected)
 
     def search(self) -> tuple[list[TrialSummary], bool]:
         """The searched trials: Optuna's TPE through OptunaSearch, cut short by ASHA only after the handover."""
@@ -459,10 +470,9 @@ def _nothing_ranked(diverged: int, errors: list[str], num_samples: int) -> str:
 def _unfinished(results: tune.ResultGrid, expected: int) -> bool:
     """True when Tune returned before every trial ended (an interrupted experiment).
 
-    On Ctrl-C Tune marks the trials it had not started yet as terminated in the result it returns, so a
-    terminated trial that never reported an epoch counts as unfinished too (ours report every epoch).
+    On Ctrl-C Tune hands back every trial it had started or not as terminated, those cut short included: a trial
+    counts as ended only when it failed or its last result says it ended (:func:`trainable.ended`).
     """
-    never_ran = sum(1 for r in results if r.error is None and "epoch" not in (r.metrics or {}))
-    return results.num_terminated + results.num_errors - never_ran < expected
+    return sum(1 for r in results if r.error is not None or ended(r.metrics or {})) < expected
 
 

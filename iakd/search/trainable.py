@@ -135,7 +135,8 @@ def _train_and_log(cfg: TrainConfig, context: TrialContext, trial, restored: str
         if evaluated(metrics) or checkpoint_path is not None:
             epochs.flush()
             saved = tune.Checkpoint.from_directory(str(checkpoint_path.parent)) if checkpoint_path else None
-            tune.report({**metrics, "trial_name": trial.get_trial_name()}, checkpoint=saved)
+            tune.report({**metrics, "trial_name": trial.get_trial_name(), EPOCHS_KEY: cfg.optim.epochs},
+                        checkpoint=saved)
 
     # The log lives in the folder Tune checkpoints, so each checkpoint carries the log up to its epoch; a
     # restored trial starts from that copy and the finished log holds every epoch once, across attempts.
@@ -161,7 +162,7 @@ def _train_and_log(cfg: TrainConfig, context: TrialContext, trial, restored: str
         # study; handed_over 0 keeps it off ASHA's rungs; the ranking leaves it out by its run's status.
         last = epochs.seen[-1]["epoch"] if epochs.seen else 0
         tune.report({"epoch": last + 1, "val_acc": math.nan, "handed_over": 0, DIVERGED_KEY: 1,
-                     "trial_name": trial.get_trial_name()})
+                     "trial_name": trial.get_trial_name(), EPOCHS_KEY: cfg.optim.epochs})
     run.set_tags({tracking.STATUS_TAG: result["status"]})
     run.log_artifact(Path(cfg.out_dir) / "student.pt")
     run.log_artifact(log_path)
@@ -204,6 +205,18 @@ class EpochLog:
         self.pending.clear()
 
 
+# Every result a trial reports carries its number of epochs, so that the driver can tell a trial that ended from
+# one an interruption cut short (Tune hands both back as TERMINATED).
+EPOCHS_KEY = "epochs_total"
+
+
+def ended(last_result: dict[str, Any]) -> bool:
+    """Whether a trial's training ended by itself, judged from the last result it reported: it ran its last epoch,
+    ASHA stopped it (Tune marks that result done) or it diverged. Not one that Ctrl-C or SIGTERM cut short."""
+    return bool(last_result.get("done") or last_result.get(DIVERGED_KEY)
+                or (EPOCHS_KEY in last_result and last_result.get("epoch") == last_result[EPOCHS_KEY]))
+
+
 def trial_name(trial) -> str:
     """Short trial names (the default folds the whole config into the name): search_<id>."""
     return f"search_{trial.trial_id}"
@@ -232,8 +245,12 @@ class CloseTrialRuns(tune.Callback):
             tracking.close_run(self.tracking_uri, run_id, status=status, tags=tags)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        stopped_at = str((trial.last_result or {}).get("epoch"))
-        self._close(trial, "FINISHED", {tracking.STATUS_TAG: outcomes.STOPPED_EARLY, "stopped_at_epoch": stopped_at})
+        last = trial.last_result or {}
+        if ended(last):  # still open after its training ended: ASHA stopped it
+            self._close(trial, "FINISHED", {tracking.STATUS_TAG: outcomes.STOPPED_EARLY,
+                                            "stopped_at_epoch": str(last.get("epoch"))})
+        else:  # cut short by an interruption: not done, and --resume continues this run
+            self._close(trial, "KILLED", {})
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         self._close(trial, "FAILED", {tracking.STATUS_TAG: outcomes.ERROR})
