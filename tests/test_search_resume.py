@@ -45,23 +45,36 @@ def env():
         yield values
 
 
-def test_an_interrupted_sweep_finishes_with_resume(tmp_path, env):
+def _sweep_runs(tmp: Path, search: Search):
+    """Once the sweep's parent run is logged (the database then exists, created and migrated under the project's
+    lock): its MLflow client, experiment id, and a function listing the runs of a role (none while the writer
+    holds the sqlite lock: ask again)."""
     from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    until(lambda: "MLflow: experiment" in search.stdout(), 180, search, "parent run")
+    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+
+    def runs_of(role: str) -> list:
+        try:
+            return client.search_runs([experiment_id], f"tags.`iakd.role` = '{role}'")
+        except MlflowException:
+            return []
+
+    return client, experiment_id, runs_of
+
+
+def test_an_interrupted_sweep_finishes_with_resume(tmp_path, env):
     from mlflow.tracking import MlflowClient
 
     overrides = _overrides(tmp_path)
     first = Search(tmp_path, "first", overrides, env)
     try:
-        # The database exists (created and migrated under the project's lock) once the parent run is logged.
-        until(lambda: "MLflow: experiment" in first.stdout(), 180, first, "parent run")
-        client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-        experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+        client, experiment_id, runs_of = _sweep_runs(tmp_path, first)
 
         def search_runs():
-            try:
-                return client.search_runs([experiment_id], "tags.`iakd.role` = 'search'")
-            except MlflowException:  # the writer holds the sqlite lock: ask again
-                return []
+            return runs_of("search")
 
         def mid_training():
             runs = search_runs()
@@ -183,22 +196,14 @@ def test_sigterm_during_the_baselines_stops_the_sweep_and_counts_no_cut_short_ba
     """SIGTERM (docker stop, a scheduler) while a baseline trains: the sweep stops within seconds with one line and
     exit 143, the search stage never starts, the parent run is KILLED, and the baseline that was cut short is a
     KILLED run, not a finished one standing beside longer trials; no run is left RUNNING."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
     overrides = [*_overrides(tmp_path), "run.optim.epochs=30", "baselines.seeds=[0, 1]"]
     search = Search(tmp_path, "terminated", overrides, env)
     try:
-        until(lambda: "MLflow: experiment" in search.stdout(), 180, search, "parent run")
-        client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-        experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+        client, experiment_id, runs_of = _sweep_runs(tmp_path, search)
 
         def training_baseline():
-            try:
-                runs = client.search_runs([experiment_id], "tags.`iakd.role` = 'baseline'")
-            except MlflowException:
-                return None
-            return next((r for r in runs if r.info.status == "RUNNING" and r.data.metrics.get("epochs", 0) >= 1), None)
+            return next((r for r in runs_of("baseline")
+                         if r.info.status == "RUNNING" and r.data.metrics.get("epochs", 0) >= 1), None)
 
         until(training_baseline, 240, search, "a baseline in training")
         search.proc.send_signal(signal.SIGTERM)
