@@ -222,3 +222,22 @@ def test_sigterm_during_the_baselines_stops_the_sweep_and_counts_no_cut_short_ba
     assert not [r for r in baselines if r.info.status in ("RUNNING", "SCHEDULED")]
     cut_short = [r for r in baselines if r.data.metrics.get("epochs", 0) < 30]
     assert cut_short and all(r.info.status == "KILLED" and r.data.tags.get("status") is None for r in cut_short)
+
+
+def test_ctrl_c_while_the_teacher_trains_is_one_line_and_resume_continues_it(tmp_path, env):
+    """Ctrl-C before any Tune stage (the driver trains the teacher): one line with the command that continues, exit
+    130, no traceback; the teacher's checkpoint is there for it."""
+    overrides = [*_overrides(tmp_path), "run.teacher.epochs=40"]
+    search = Search(tmp_path, "teacher", overrides, env)
+    try:
+        until(lambda: "epoch   2/40" in search.stdout(), 180, search, "the teacher's second epoch")
+        search.proc.send_signal(signal.SIGINT)
+        assert search.wait(60) == 130, search.tail()
+    finally:
+        if search.proc.poll() is None:
+            search.kill()
+    err = search.err.read_text()
+    assert "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == ("interrupted before the sweep ended: continue with: "
+                                            f"{shlex.join(['python', 'tune/search.py', *overrides, '--resume'])}")
+    assert list((tmp_path / "ray" / "teachers").glob("*-run/checkpoint.pt"))  # the teacher continues from here
