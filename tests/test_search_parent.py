@@ -132,3 +132,21 @@ def test_a_second_sweep_of_a_running_experiment_is_refused_and_a_killed_ones_loc
     with pytest.raises(RuntimeError, match="stop here"):
         runner.run_search(experiment, log=lambda _: None)
     assert len(seen) == 1
+
+
+def test_ctrl_c_during_the_closing_report_stops_the_report_only(monkeypatch):
+    """By the report the sweep has ended (its parent FINISHED): Ctrl-C there stops the report, says how to make it,
+    and does not re-close the sweep as KILLED."""
+    from types import SimpleNamespace
+
+    from iakd.analysis import report
+
+    def interrupted(sweep):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "publish_report", interrupted)
+    lines = []
+    sweep = SimpleNamespace(parent_run_id="abc", experiment="iakd-digits")
+    assert runner._analyse(sweep, lines.append) == "interrupted"
+    assert lines == ["analysis interrupted: the sweep is finished (parent run abc); make its report with python "
+                     "analysis/ablations.py --experiment iakd-digits"]

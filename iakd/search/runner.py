@@ -449,6 +449,10 @@ def _analyse(sweep: Sweep, log: Callable[[str], None]) -> str:
     except Exception as error:  # noqa: BLE001 - the trials' results stand whatever the plots do
         log(f"analysis failed ({type(error).__name__}: {error}); run python analysis/ablations.py to retry")
         return "failed"
+    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) now stops the report only: the sweep itself has ended
+        log(f"analysis interrupted: the sweep is finished (parent run {sweep.parent_run_id}); make its report with "
+            f"python analysis/ablations.py --experiment {sweep.experiment}")
+        return "interrupted"
     log(f"report: {report} (and in MLflow, on the parent run under analysis/)")
     return "done"
 
