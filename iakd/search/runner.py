@@ -78,9 +78,7 @@ def _summaries(results: tune.ResultGrid, runs: dict[str, Run]) -> list[TrialSumm
         run = runs.get(str(r.metrics.get("trial_id")))
         if r.error is not None:
             outcome = outcomes.ERROR
-        elif not ended(r.metrics or {}):  # an interruption cut it short, whatever its run says
-            outcome = outcomes.UNFINISHED
-        elif run is None:
+        elif not ended(r.metrics or {}) or run is None:  # an interruption cut it short, whatever its run says
             outcome = outcomes.UNFINISHED
         else:
             outcome = outcomes.of_run(run.info.status, run.data.tags.get(tracking.STATUS_TAG))
@@ -161,8 +159,9 @@ def _run_locked(experiment: Experiment, uri: str, optuna_storage: str, *, resume
     if resume and not any(tune.Tuner.can_restore(p) for p in _stage_paths(cfg)):
         log(f"--resume: nothing to resume under {cfg.storage_path} for experiment {name!r}; starting it")
         resume = False
-    if resume:
-        _check_resumed_config(uri, experiment)
+    previous = tracking.find_run(uri, name, {tracking.SWEEP_TAG: name, tracking.ROLE_TAG: "sweep"})
+    if resume and previous is not None:
+        _check_resumed_config(uri, experiment, previous)
 
     teacher_path = share_teacher(base, cfg.storage_path, log=log)
     warning = check_teacher(base, teacher_path) if METHODS_USING_TEACHER & _methods_in(experiment) else None
@@ -172,7 +171,6 @@ def _run_locked(experiment: Experiment, uri: str, optuna_storage: str, *, resume
     parent_tags = {tracking.SWEEP_TAG: name, tracking.ROLE_TAG: "sweep", "teacher": base.teacher.arch,
                    "student": base.student.arch, "dataset": base.data.name,
                    **({tracking.TEACHER_WARNING_TAG: warning} if warning else {})}
-    previous = tracking.find_run(uri, name, {tracking.SWEEP_TAG: name, tracking.ROLE_TAG: "sweep"})
     superseded = None
     if previous is not None and not reuse_parent:
         superseded, previous = previous, None
@@ -211,18 +209,15 @@ RESUME_FREE_EXPERIMENT_KEYS = ("storage_path", "tracking_uri", "optuna_storage",
                                "resources.cpu", "resources.gpu", "analysis")
 
 
-def _check_resumed_config(uri: str, experiment: Experiment) -> None:
+def _check_resumed_config(uri: str, experiment: Experiment, parent: str) -> None:
     """Refuse, in one line, a ``--resume`` whose experiment config differs from the one its sweep started with
-    (the parent run's ``experiment.yaml``) in a key that changes training: Tune would restore trials built from
+    (``parent``'s ``experiment.yaml``) in a key that changes training: Tune would restore trials built from
     the old config beside new ones, and Optuna's study would mix two spaces. Nothing is touched before."""
     import tempfile
 
     import yaml
 
     cfg = experiment.config
-    parent = tracking.find_run(uri, cfg.experiment, {tracking.SWEEP_TAG: cfg.experiment, tracking.ROLE_TAG: "sweep"})
-    if parent is None:
-        return
     with tempfile.TemporaryDirectory() as folder:
         try:
             path = tracking.mlflow_client(uri).download_artifacts(parent, "experiment.yaml", folder)
@@ -388,8 +383,8 @@ class _Stages:
             metrics[f"baseline_{b.overrides.get('method.name')}_seed{b.overrides.get('seed')}_{cfg.metric}"] = b.score
         tracking.finish_parent_run(uri, self.parent, metrics=metrics, tags=tags)
         if cfg.analysis and analysis:  # the report describes the sweep as it ended: its parent closed, FINISHED
-            ended = dataclasses.replace(sweep, parent_status="FINISHED", interrupted=False)
-            tracking.set_tags(uri, self.parent, {"iakd.analysis": _analyse(ended, log)})
+            finished = dataclasses.replace(sweep, parent_status="FINISHED", interrupted=False)
+            tracking.set_tags(uri, self.parent, {"iakd.analysis": _analyse(finished, log)})
         return answer
 
 

@@ -36,7 +36,6 @@ __all__ = ["TrialContext", "EpochLog", "run_trial", "trial_config", "trial_name"
            "CloseTrialRuns"]
 
 
-
 @dataclass(frozen=True)
 class TrialContext:
     """What every trial of a sweep shares, handed to the trainable with ``tune.with_parameters``."""

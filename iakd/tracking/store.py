@@ -101,12 +101,9 @@ def check_sqlite_store(database: Path, what: str, table: str, owner: str) -> Non
         with closing(sqlite3.connect(f"{database.absolute().as_uri()}?mode=ro", uri=True)) as db:
             verdict = db.execute("PRAGMA quick_check(1)").fetchone()[0]
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.OperationalError as error:
-        if "locked" in str(error):  # another command is writing it (creating its tables, say): it is in use
-            return
-        raise ConfigError(f"{what}: {database} is not an SQLite database ({error}); corrupt, or another kind of "
-                          "file") from None
     except sqlite3.DatabaseError as error:
+        if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
+            return  # another command is writing it (creating its tables, say): it is in use
         raise ConfigError(f"{what}: {database} is not an SQLite database ({error}); corrupt, or another kind of "
                           "file") from None
     if verdict != "ok":
@@ -137,7 +134,7 @@ def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
     path = sqlite_file(tracking_uri)
     if path is None:
         return None
-    folder = re.sub(r"[\\/:]+", "_", experiment)  # experiment names may hold '/' (e.g. "team/sweep")
+    folder = re.sub(r"[\\/:]+", "_", experiment)  # a library caller's name may hold '/' (the commands' are checked)
     return (path.resolve().parent / "mlartifacts" / folder).as_uri()
 
 
