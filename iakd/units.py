@@ -56,13 +56,16 @@ def _split(n: int, k: int) -> list[tuple[int, int]]:
 
 @torch.no_grad()
 def block_shapes(model: ZooModel, input_size: int | None = None) -> list[list[tuple[tuple[int, ...], tuple[int, ...]]]]:
-    """Per stage, per block: the (C, H, W) shapes going in and out, found by one probe forward in eval mode."""
+    """Per stage, per block: the (C, H, W) shapes going in and out, found by one probe forward in eval mode.
+
+    The probe holds two images: a teacher whose BatchNorm normalises with batch statistics
+    (:class:`iakd.frozen.BatchStatisticsNorm`) cannot normalise a 1x1 map of a single image."""
     size = input_size or model.input_size
     param = next(model.parameters())
     was_training = model.training
     model.eval()
     try:
-        x = model.forward_stem(torch.zeros(1, 3, size, size, device=param.device, dtype=param.dtype))
+        x = model.forward_stem(torch.zeros(2, 3, size, size, device=param.device, dtype=param.dtype))
         shapes = []
         for stage in model.stages():
             stage_shapes = []

@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from iakd import models
+from iakd.frozen import batch_statistics_teacher
 from iakd.errors import ConfigError
 from iakd.models import blocks_per_stage
 from iakd.units import canonical_granularity, partition, valid_granularities
@@ -43,6 +44,14 @@ def test_units_record_the_shapes_they_map_between():
     assert [u.out_shape for u in s_units] == [(16, 32, 32), (32, 16, 16), (64, 8, 8)]
     assert [u.out_shape for u in t_units] == [(32, 32, 32), (64, 16, 16), (128, 8, 8)]
     assert s_units[0].in_shape == t_units[0].in_shape == (16, 32, 32)
+
+
+def test_a_batch_statistics_teacher_is_cut_at_one_pixel():
+    """data.image_size=1 leaves every map 1x1; a teacher normalising with batch statistics still gets cut (the
+    probe holds two images: BatchNorm cannot normalise one value per channel)."""
+    student, teacher = pair("resnet8", "resnet14")
+    s_units, t_units = partition(student, batch_statistics_teacher(teacher), "stage", input_size=1)
+    assert [u.out_shape for u in s_units] == [u.out_shape for u in t_units] == [(16, 1, 1), (32, 1, 1), (64, 1, 1)]
 
 
 def test_k_larger_than_a_stage_names_the_pair_stage_and_numbers():
