@@ -77,7 +77,9 @@ def _progress_line(m: dict[str, Any], cfg: TrainConfig) -> str:
     scores = ""
     if evaluated(m):
         running = f" (running bn {m['val_acc_running_bn']:5.1f}%)" if "val_acc_running_bn" in m else ""
-        scores = f"val {m['val_acc']:5.1f}%{running}  test {m['test_acc']:5.1f}%  "
+        # NaN: an empty validation split (data.val_fraction=0), nothing to show
+        val = f"val {m['val_acc']:5.1f}%{running}  " if math.isfinite(m["val_acc"]) else ""
+        scores = f"{val}test {m['test_acc']:5.1f}%  "
     return (f"epoch {m['epoch']:>3}/{cfg.optim.epochs}  loss {m['train_loss']:.4f}  "
             f"{'hybrid' if swaps else 'train'} {m['train_acc']:5.1f}%  {scores}p {m['swap_prob']:.3f}"
             + (f"  rms s/t {' '.join(f'{r:.2f}' for r in ratios)}" if ratios else "")

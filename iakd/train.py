@@ -10,6 +10,7 @@ on purpose. Ctrl-C prints where the last checkpoint is and exits with code 130.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -51,14 +52,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:  # one line, not a traceback: where the run stands and how to continue it
         if checkpoint is not None and checkpoint.is_file():
-            again = " ".join(["python -m iakd.train --config", args.config, "--out", str(checkpoint.parent),
-                              "--resume", *args.overrides])
+            again = shlex.join(["python", "-m", "iakd.train", "--config", args.config, "--out", str(checkpoint.parent),
+                                "--resume", *args.overrides])
             print(f"interrupted: the last checkpoint is {checkpoint}; continue with: {again}", file=sys.stderr)
         else:
             print("interrupted before the first checkpoint: nothing to resume", file=sys.stderr)
         return 130
-    print(f"{result['status']}: {result['message']}; best val {result['best_val_acc']:.2f}% "
-          f"(epoch {result['best_epoch']}), last test {result['last_test_acc']:.2f}%; outputs in {cfg.out_dir}")
+    if result["best_epoch"] is not None:
+        best = f"best val {result['best_val_acc']:.2f}% (epoch {result['best_epoch']})"
+    elif cfg.data.val_fraction == 0:
+        best = "no validation split (data.val_fraction=0), so no best epoch"
+    else:
+        best = "no epoch evaluated"
+    print(f"{result['status']}: {result['message']}; {best}, last test {result['last_test_acc']:.2f}%; outputs in "
+          f"{cfg.out_dir}")
     return 0 if result["status"] != outcomes.DIVERGED else 1
 
 

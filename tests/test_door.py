@@ -233,3 +233,16 @@ def test_overrides_may_stand_before_between_and_after_the_flags(tmp_path, files)
             "data.image_size=8", "student.arch=resnet8"]
     assert train_main(args) == 0
     assert (tmp_path / "o" / "student.pt").is_file()
+
+
+def test_a_run_without_a_validation_split_says_so_instead_of_printing_nan(tmp_path, files, capsys):
+    """data.val_fraction=0 is allowed for a single run (it trains on every training image and reports test); its
+    epochs show no val column and its last line says there is no best epoch, never 'nan%' or 'epoch None'."""
+    args = ["--config", str(files / "run.yaml"), "--out", str(tmp_path / "o"), *FAST, "method.name=ce",
+            "data.val_fraction=0"]
+    assert train_main(args) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out and "None" not in out, out
+    assert " val " not in out and " test " in out.splitlines()[-2]
+    assert out.splitlines()[-1].startswith("finished: trained 1 epochs; no validation split (data.val_fraction=0), "
+                                           "so no best epoch, last test ")

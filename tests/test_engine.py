@@ -328,9 +328,10 @@ def test_ctrl_c_prints_one_line_saying_where_the_checkpoint_is_and_exits_130(tmp
     import signal
     import time
 
-    config = tmp_path / "run.yaml"
+    config = tmp_path / "my runs" / "run.yaml"  # a space: the printed command quotes it
+    config.parent.mkdir()
     config.write_text(f"teacher: {{arch: resnet14, epochs: 6, cache_dir: {teacher_cache}}}\nmethod: {{name: ce}}\n")
-    out = tmp_path / "out"
+    out = tmp_path / "my runs" / "out"
     proc = subprocess.Popen([sys.executable, "-m", "iakd.train", "--config", str(config), "--out", str(out), *FAST,
                              "optim.epochs=500"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -342,7 +343,7 @@ def test_ctrl_c_prints_one_line_saying_where_the_checkpoint_is_and_exits_130(tmp
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == [
         f"interrupted: the last checkpoint is {out / 'checkpoint.pt'}; continue with: python -m iakd.train --config "
-        f"{config} --out {out} --resume {' '.join(FAST)} optim.epochs=500"]
+        f"'{config}' --out '{out}' --resume {' '.join(FAST)} optim.epochs=500"]
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] >= 1  # and it resumes from there
 
 

@@ -5,8 +5,8 @@ import pytest
 import yaml
 
 from iakd import models
-from iakd.frozen import batch_statistics_teacher
 from iakd.errors import ConfigError
+from iakd.frozen import batch_statistics_teacher
 from iakd.models import blocks_per_stage
 from iakd.units import canonical_granularity, partition, valid_granularities
 
