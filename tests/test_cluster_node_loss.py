@@ -181,6 +181,8 @@ def test_a_trial_whose_node_is_lost_continues_on_another_node_from_its_checkpoin
     assert lost_node not in {n["NodeID"] for n in ray.nodes() if n["Alive"]}
 
     assert not summary.interrupted and len(summary.trials) == SAMPLES
+    # no trial folder is left on the nodes, the lost one's included
+    assert not list((tmp_path / "node").glob("iakd-trial-*"))
     client = MlflowClient(summary.tracking_uri)
     children = tracking.child_runs(summary.tracking_uri, summary.parent_run_id)
     trial_ids = sorted(t.name.removeprefix("search_") for t in summary.trials)

@@ -15,6 +15,7 @@ Every wait has a deadline, and the processes run in their own process group, kil
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import time
@@ -158,6 +159,7 @@ def test_an_interrupted_sweep_finishes_with_resume(tmp_path, env):
     tags = parents[0].data.tags
     assert sorted(r.data.tags["iakd.candidate"] for r in confirm) == sorted([tags["best_trial"], "ce"])
     assert [r.info.status for r in confirm] == ["FINISHED"] * 2
+    assert not list(Path(env["TMPDIR"]).glob("iakd-trial-*"))  # no trial's folder left behind, killed or not
     assert {r.data.tags["mlflow.parentRunId"] for r in confirm} == {parents[0].info.run_id}
     assert tags["iakd.interrupted"] == "false"
     assert tags["best_trial"] in {r.info.run_name for r in runs}
@@ -222,6 +224,33 @@ def test_sigterm_during_the_baselines_stops_the_sweep_and_counts_no_cut_short_ba
     assert not [r for r in baselines if r.info.status in ("RUNNING", "SCHEDULED")]
     cut_short = [r for r in baselines if r.data.metrics.get("epochs", 0) < 30]
     assert cut_short and all(r.info.status == "KILLED" and r.data.tags.get("status") is None for r in cut_short)
+    assert not list(Path(env["TMPDIR"]).glob("iakd-trial-*"))  # the stopped trials' folders are gone
+
+
+def test_a_trial_folder_is_removed_once_its_worker_is_dead_and_only_then(tmp_path):
+    """A worker killed before its ``finally`` leaves its trial folder; the next trial on the node (and the driver,
+    at the end of a sweep) removes it: only folders of this user whose worker process is gone."""
+    import subprocess
+    import sys
+
+    from iakd.search.trainable import TRIAL_FOLDER_PREFIX, remove_orphaned_trial_folders
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = tmp_path / f"{TRIAL_FOLDER_PREFIX}{dead.pid}-search_0001-x1"
+    alive = tmp_path / f"{TRIAL_FOLDER_PREFIX}{os.getpid()}-search_0002-x2"
+    for folder in (orphan, alive):
+        (folder / "checkpoint_000001").mkdir(parents=True)
+        (folder / "checkpoint_000001" / "checkpoint.pt").write_bytes(b"weights")
+    other = tmp_path / "iakd-shared"  # not a trial folder
+    other.mkdir()
+    (tmp_path / f"{TRIAL_FOLDER_PREFIX}{dead.pid}-a-file").write_text("")  # not a folder
+    (tmp_path / f"{TRIAL_FOLDER_PREFIX}{dead.pid}-link").symlink_to(alive)  # never followed
+
+    assert remove_orphaned_trial_folders(tmp_path) == [orphan]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [alive.name, other.name, f"{TRIAL_FOLDER_PREFIX}{dead.pid}-a-file", f"{TRIAL_FOLDER_PREFIX}{dead.pid}-link"])
+    assert (alive / "checkpoint_000001" / "checkpoint.pt").read_bytes() == b"weights"
 
 
 def test_ctrl_c_while_the_teacher_trains_is_one_line_and_resume_continues_it(tmp_path, env):

@@ -42,6 +42,7 @@ from iakd.search.trainable import (
     baseline_name,
     confirm_name,
     ended,
+    remove_orphaned_trial_folders,
     run_trial,
     trial_name,
 )
@@ -146,8 +147,11 @@ def run_search(
     # command reads it, so two commands that start together on a fresh store do not race on MLflow's tables.
     with storage.sweep_lock(cfg.storage_path, name):
         tracking.connect(uri, name)
-        return _run_locked(experiment, uri, optuna_storage, resume=resume, address=address, log=log,
-                           verbose=verbose, analysis=analysis)
+        try:
+            return _run_locked(experiment, uri, optuna_storage, resume=resume, address=address, log=log,
+                               verbose=verbose, analysis=analysis)
+        finally:  # the folders of this node's trials whose workers Tune killed (the others' next trial does it)
+            remove_orphaned_trial_folders()
 
 
 def _run_locked(experiment: Experiment, uri: str, optuna_storage: str, *, resume: bool, address: str | None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import shutil
 import socket
 import tempfile
@@ -33,7 +34,7 @@ from iakd.search.space import apply_trial, trial_overrides
 from iakd.search.study import DIVERGED_KEY
 
 __all__ = ["TrialContext", "EpochLog", "run_trial", "trial_config", "trial_name", "baseline_name", "confirm_name",
-           "CloseTrialRuns"]
+           "CloseTrialRuns", "remove_orphaned_trial_folders"]
 
 
 @dataclass(frozen=True)
@@ -81,14 +82,44 @@ def _tags(cfg: TrainConfig, context: TrialContext, trial_id: str, config: dict[s
     return tags
 
 
+TRIAL_FOLDER_PREFIX = "iakd-trial-"  # then the pid of the worker that made it: iakd-trial-<pid>-<trial id>-<random>
+
+
+def remove_orphaned_trial_folders(parent: Path | None = None) -> list[Path]:
+    """Remove the trial folders (``iakd-trial-<pid>-...`` in the temporary folder) that this user's workers left
+    when they were killed before their ``finally`` ran (Tune ends a stopped or interrupted trial's worker without
+    waiting); a folder whose worker is alive, or that belongs to another user, is left alone. The removed ones."""
+    parent = Path(parent or tempfile.gettempdir())
+    removed = []
+    for folder in parent.glob(f"{TRIAL_FOLDER_PREFIX}*"):
+        pid = folder.name.removeprefix(TRIAL_FOLDER_PREFIX).split("-", 1)[0]
+        try:
+            if folder.is_symlink() or not folder.is_dir() or folder.stat().st_uid != os.getuid() or not pid.isdigit():
+                continue
+        except OSError:  # gone meanwhile
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # its worker is alive (a pid a new process reuses keeps the folder until that one ends)
+        except ProcessLookupError:
+            pass
+        except PermissionError:  # a live process of another user holds the pid
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """Ray Tune function trainable: one IAKD (or baseline) training, reported and logged per epoch."""
     trial = tune.get_context()
     cfg = trial_config(context, config)
     # The run's files live outside the trial folder: Tune copies that folder to storage as artifacts, which
     # would copy every checkpoint a second time (and race with their atomic writes); the checkpoints reach
-    # storage through tune.report. The folder goes once the trial ends.
-    run_dir = Path(tempfile.mkdtemp(prefix=f"iakd-{trial.get_trial_id()}-"))
+    # storage through tune.report. The folder goes once the trial ends; one whose worker was killed, with
+    # the next trial on its node.
+    remove_orphaned_trial_folders()
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{TRIAL_FOLDER_PREFIX}{os.getpid()}-{trial.get_trial_id()}-"))
     cfg.out_dir = str(run_dir)
     cfg.device = "cuda" if torch.cuda.is_available() else "cpu"  # a fake or absent GPU falls back to the CPU
     cpus = int(trial.get_trial_resources().required_resources.get("CPU", 1))
