@@ -324,3 +324,39 @@ def test_a_sweep_whose_every_searched_trial_diverges_fails_with_one_line(tmp_pat
     (name,) = optuna.get_all_study_names(f"sqlite:///{tmp_path}/optuna.db")
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/optuna.db")
     assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.FAIL] * 2
+
+
+_OPEN_STUDY = """
+import sys, tempfile, time
+from pathlib import Path
+import optuna
+from iakd.search.study import LinkedOptunaSearch
+url, name, go = sys.argv[1:]
+optuna.storages.RDBStorage(f"sqlite:///{tempfile.mkdtemp(dir='.')}/warm.db")  # SQLAlchemy's and alembic's first use
+print("ready", flush=True)
+while not Path(go).exists():
+    time.sleep(0.002)
+LinkedOptunaSearch(space=lambda trial: trial.suggest_float("p0", 0.0, 1.0), metric="val_acc", mode="max",
+                   storage=url, study_name=name, tracking_uri="sqlite:///unused.db", parent_run_id="p")
+"""
+
+
+def test_sweeps_that_start_together_share_a_fresh_optuna_database(tmp_path):
+    """Sweeps of three experiments started at once in one folder open one fresh optuna.db (the default beside
+    mlflow.db), each for its own study: the tables are made once, under the folder's lock, and no sweep fails
+    ("table studies already exists" or a UNIQUE constraint on alembic_version without it)."""
+    import optuna
+
+    url, go = f"sqlite:///{tmp_path / 'store' / 'optuna.db'}", tmp_path / "go"
+    names = [f"exp{i}-0123456789ab" for i in range(3)]
+    children = [subprocess.Popen([sys.executable, "-c", _OPEN_STUDY, url, name, str(go)], cwd=tmp_path,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={
+                                     **os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+                for name in names]
+    for child in children:  # each has imported and warmed up Ray and Optuna: they open the store at one moment
+        assert child.stdout.readline() == "ready\n", child.communicate()[1]
+    go.touch()
+    errors = [child.communicate(timeout=120)[1] for child in children]
+    assert [child.returncode for child in children] == [0, 0, 0], errors
+    assert sorted(optuna.get_all_study_names(url)) == names
+    assert {optuna.load_study(study_name=n, storage=url).metric_names[0] for n in names} == {"val_acc"}

@@ -270,3 +270,39 @@ def test_ctrl_c_while_the_teacher_trains_is_one_line_and_resume_continues_it(tmp
     assert err.strip().splitlines()[-1] == ("interrupted before the sweep ended: continue with: "
                                             f"{shlex.join(['python', 'tune/search.py', *overrides, '--resume'])}")
     assert list((tmp_path / "ray" / "teachers").glob("*-run/checkpoint.pt"))  # the teacher continues from here
+
+
+def test_two_sweeps_started_together_on_a_fresh_store_both_finish_and_a_third_of_a_running_one_is_refused(
+        tmp_path, env):
+    """Two commands started at one moment in an empty folder (experiments a and b, one MLflow and one Optuna
+    database, neither there yet) both finish, each with its own parent run and study; a third command for
+    experiment a while a runs is refused in one line, exit 2, and changes nothing of a's."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    common = [*_overrides(tmp_path), "num_samples=1", "confirm.top_k=0", "run.optim.epochs=2"]
+    a = Search(tmp_path, "a", [*common, "experiment=a"], env)
+    b = Search(tmp_path, "b", [*common, "experiment=b"], env)
+    try:
+        until(lambda: "MLflow: experiment 'a'" in a.stdout(), 240, a, "a's parent run")
+        third = Search(tmp_path, "third", [*common, "experiment=a"], env)
+        assert third.wait(120) == 2, third.tail()
+        assert a.wait(400) == 0, a.tail()
+        assert b.wait(400) == 0, b.tail()
+    finally:
+        for search in (a, b):
+            if search.proc.poll() is None:
+                search.kill()
+    err = third.err.read_text()
+    assert err.count("\n") == 1 and err.startswith(
+        f"error: experiment 'a': another sweep of it is running on {tmp_path / 'ray'}"), err
+    assert "MLflow:" not in third.stdout()  # it opened no run
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    for name in ("a", "b"):
+        runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+        (parent,) = [r for r in runs if r.data.tags["iakd.role"] == "sweep"]
+        assert parent.info.status == "FINISHED" and "best_trial" in parent.data.tags
+        assert sorted((r.data.tags["iakd.role"], r.info.status) for r in runs) == [
+            ("baseline", "FINISHED"), ("search", "FINISHED"), ("sweep", "FINISHED")]
+    studies = optuna.get_all_study_names(f"sqlite:///{tmp_path}/optuna.db")
+    assert sorted(name.split("-")[0] for name in studies) == ["a", "b"]

@@ -52,20 +52,20 @@ class LinkedOptunaSearch(OptunaSearch):
 
     def __init__(self, *args: Any, tracking_uri: str, parent_run_id: str, **kwargs: Any):
         storage = kwargs.get("storage")
-        if isinstance(storage, str):  # a URL; OptunaSearch takes a storage object (it pickles: the URL, no engine)
-            database = tracking.sqlite_file(storage)
-            if database is not None:  # sqlite makes the file, not its folder (checked writable at the door)
-                database.parent.mkdir(parents=True, exist_ok=True)
-            kwargs["storage"] = optuna.storages.RDBStorage(storage)
         metric, study = kwargs.get("metric"), kwargs.get("study_name")
-        if kwargs.get("storage") is not None and study and metric:
-            # The objective's name, which optuna-dashboard shows instead of "Objective 0". OptunaSearch takes no
-            # such argument: the study is made here first, and OptunaSearch loads it (load_if_exists).
-            made = optuna.create_study(study_name=study, storage=kwargs["storage"], load_if_exists=True,
-                                       direction="maximize" if kwargs.get("mode") == "max" else "minimize")
-            with warnings.catch_warnings():  # "experimental since 3.2": tested here with Optuna 5 (pyproject)
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                made.set_metric_names([metric])
+        # Two sweeps that start together share a fresh optuna.db (of other experiments, in one folder): its tables
+        # are made under the folder's lock (sqlite makes the file, not its folder: that too).
+        with tracking.sqlite_setup_lock(storage if isinstance(storage, str) else ""):
+            if isinstance(storage, str):  # a URL; OptunaSearch takes a storage object (it pickles the URL)
+                kwargs["storage"] = optuna.storages.RDBStorage(storage)
+            if kwargs.get("storage") is not None and study and metric:
+                # The objective's name, which optuna-dashboard shows instead of "Objective 0". OptunaSearch takes
+                # no such argument: the study is made here first, and OptunaSearch loads it (load_if_exists).
+                made = optuna.create_study(study_name=study, storage=kwargs["storage"], load_if_exists=True,
+                                           direction="maximize" if kwargs.get("mode") == "max" else "minimize")
+                with warnings.catch_warnings():  # "experimental since 3.2": tested here with Optuna 5 (pyproject)
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    made.set_metric_names([metric])
         super().__init__(*args, **kwargs)
         self._tracking_uri, self._parent_run_id = tracking_uri, parent_run_id
         # The links go through the storage's public API: OptunaSearch's map from Tune trial ids to Optuna trials

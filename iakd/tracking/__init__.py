@@ -41,6 +41,7 @@ from iakd.tracking.store import (
     connect,
     mlflow_client,
     sqlite_file,
+    sqlite_setup_lock,
 )
 from iakd.tracking.tags import (
     CANDIDATE_TAG,
@@ -90,6 +91,7 @@ __all__ = [
     "finish_parent_run",
     "flatten",
     "sqlite_file",
+    "sqlite_setup_lock",
     "start_parent_run",
     "supersede_run",
 ]

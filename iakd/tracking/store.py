@@ -139,14 +139,15 @@ def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
 
 
 @contextmanager
-def _sqlite_setup_lock(tracking_uri: str) -> Iterator[None]:
-    """Hold an exclusive lock on the sqlite file's folder (creating it); a no-op for other URIs.
+def sqlite_setup_lock(url: str) -> Iterator[None]:
+    """Hold an exclusive lock on the folder of a ``sqlite:///`` store (creating the folder); a no-op for other
+    URLs. For MLflow's tracking URI and Optuna's storage URL alike.
 
-    Opening a fresh database makes MLflow create its tables and run every migration, and two processes
-    doing that at once fail ("table metrics already exists", alembic version mismatches). flock on the
-    folder serializes that without leaving a lock file behind.
+    Opening a fresh database makes MLflow (or Optuna) create its tables and run every migration, and two
+    processes doing that at once fail ("table metrics already exists", "table studies already exists", alembic
+    version mismatches). flock on the folder serializes that without leaving a lock file behind.
     """
-    path = sqlite_file(tracking_uri)
+    path = sqlite_file(url)
     if path is None:
         yield
         return
@@ -171,7 +172,7 @@ def connect(tracking_uri: str, experiment: str) -> str:
     RESOURCE_ALREADY_EXISTS and reads the winner's experiment. A deleted experiment of that name is
     restored, since MLflow would refuse to create a new one under the same name anyway.
     """
-    with _sqlite_setup_lock(tracking_uri):
+    with sqlite_setup_lock(tracking_uri):
         client = mlflow_client(tracking_uri)  # builds the store, hence the tables, under the lock
         found = client.get_experiment_by_name(experiment)
         if found is None:
