@@ -164,3 +164,15 @@ def test_without_any_confirmed_baseline_the_summary_and_report_say_nothing_is_co
     assert "no baseline was confirmed (baselines.methods is empty): nothing to compare with" in printed
     assert "KD and CE were not among the confirmed baselines (`baselines.methods`): their columns are empty; " \
            "with no baseline confirmed, nothing is compared." in report
+
+
+def test_the_printed_browse_commands_run_as_printed_from_a_folder_with_a_space(tmp_path):
+    import shlex
+
+    uri, storage = f"sqlite:///{tmp_path}/my runs/mlflow.db", f"sqlite:///{tmp_path}/my runs/optuna.db"
+    text = format_summary(SearchSummary(EXPERIMENT, "abc", uri, "val_acc", None, experiment_id="1",
+                                        optuna_storage=storage, study="s"))
+    mlflow_line = next(line for line in text.splitlines() if "mlflow ui" in line)
+    command = mlflow_line.split(": ", 1)[1].split(", then open")[0]
+    assert shlex.split(command) == ["mlflow", "ui", "--backend-store-uri", uri]
+    assert shlex.split(text.splitlines()[-1].split(": ", 1)[1]) == ["optuna-dashboard", storage]
