@@ -107,8 +107,9 @@ def check_run_inputs(base: TrainConfig, key_prefix: str = "run.") -> None:
 
 def _check_splits(base: TrainConfig) -> None:
     """``data.train_size`` within the training split, and a validation split that holds an image: otherwise every
-    trial fails (its retries too) or every score is NaN, and the sweep is empty. The dataset is read once here
-    (seconds at most), unless it is still to be downloaded."""
+    trial fails (its retries too) or every score is NaN, and the sweep is empty. The dataset is read once here,
+    unless it is still to be downloaded: seconds for the in-memory datasets; for an ImageFolder one listing of its
+    files (no image is decoded), which every trial also makes."""
     data = base.data
     if data.val_fraction == 0:
         raise ConfigError("data.val_fraction: 0.0 is not allowed; a search selects on the validation split: "
