@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from search_process import EVERY_EPOCH, Search, search_env, until
+from search_process import EVERY_EPOCH, SCRIPT, Search, search_env, until
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = 3
@@ -94,7 +94,7 @@ def test_an_interrupted_sweep_finishes_with_resume(tmp_path, env):
             first.kill()
     assert "interrupted: continue with --resume" in first.stdout()
     assert first.err.read_text().strip().splitlines()[-1].endswith(
-        f"continue with: {shlex.join(['python', 'tune/search.py', *overrides, '--resume'])}")
+        f"continue with: {shlex.join(['python', str(SCRIPT), *overrides, '--resume'])}")
 
     interrupted_trial = running.data.tags["iakd.trial_id"]
     parents = client.search_runs([experiment_id], "tags.`iakd.role` = 'sweep'")
@@ -215,7 +215,7 @@ def test_sigterm_during_the_baselines_stops_the_sweep_and_counts_no_cut_short_ba
             search.kill()
     last = search.err.read_text().strip().splitlines()[-1]
     assert last.startswith("interrupted by SIGTERM: the sweep stopped before its stages ended") and last.endswith(
-        f"continue with: {shlex.join(['python', 'tune/search.py', *overrides, '--resume'])}"), last
+        f"continue with: {shlex.join(['python', str(SCRIPT), *overrides, '--resume'])}"), last
     runs = client.search_runs([experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("iakd.role") == "sweep"]
     assert parent.info.status == "KILLED" and parent.data.tags["iakd.interrupted"] == "true"
@@ -268,7 +268,7 @@ def test_ctrl_c_while_the_teacher_trains_is_one_line_and_resume_continues_it(tmp
     err = search.err.read_text()
     assert "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == ("interrupted before the sweep ended: continue with: "
-                                            f"{shlex.join(['python', 'tune/search.py', *overrides, '--resume'])}")
+                                            f"{shlex.join(['python', str(SCRIPT), *overrides, '--resume'])}")
     assert list((tmp_path / "ray" / "teachers").glob("*-run/checkpoint.pt"))  # the teacher continues from here
 
 

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = signal.signal(signal.SIGTERM, stop)
     given = list(argv if argv is not None else sys.argv[1:])
-    again = shlex.join(["python", "tune/search.py", *given, *([] if args.resume else ["--resume"])])
+    script = sys.argv[0] if argv is None else "tune/search.py"  # as the user typed it: the command runs from here
+    again = shlex.join(["python", script, *given, *([] if args.resume else ["--resume"])])
     try:
         experiment = load_experiment(args.config, overrides)
         summary = run_search(experiment, resume=args.resume, address=args.address, analysis=not args.no_analysis)
