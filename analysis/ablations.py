@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # one line, not a traceback
+        print("interrupted: the report was not finished; run the same command again to make it", file=sys.stderr)
+        return 130
     print(f"report: {report}")
     if not args.no_log:
         print(f"logged to the sweep's parent run under {ARTIFACT_PATH}/ (browse: mlflow ui --backend-store-uri "

@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # one line, not a traceback
+        print("interrupted: the tables were not finished; run the same command again to make them", file=sys.stderr)
+        return 130
     print(f"{sweep.runs.num_rows} runs -> {runs_path}")
     print(f"{sweep.epochs.num_rows} epochs -> {epochs_path}")
     return 0
