@@ -56,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
                                 "--resume", *args.overrides])
             print(f"interrupted: the last checkpoint is {checkpoint}; continue with: {again}", file=sys.stderr)
         else:
-            print("interrupted before the first checkpoint: nothing to resume", file=sys.stderr)
+            given = list(argv if argv is not None else sys.argv[1:])
+            print("interrupted before the run's first checkpoint (a teacher it was training continues from its last "
+                  f"epoch): start it again with: {shlex.join(['python', '-m', 'iakd.train', *given])}",
+                  file=sys.stderr)
         return 130
     if result["best_epoch"] is not None:
         best = f"best val {result['best_val_acc']:.2f}% (epoch {result['best_epoch']})"

@@ -347,6 +347,30 @@ def test_ctrl_c_prints_one_line_saying_where_the_checkpoint_is_and_exits_130(tmp
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] >= 1  # and it resumes from there
 
 
+def test_ctrl_c_while_the_teacher_trains_says_the_same_command_continues_it(tmp_path):
+    """Before the run's first checkpoint there is no run to resume, but the teacher being trained has one: the
+    line says so and gives the command that starts the run again (it continues the teacher)."""
+    import signal
+
+    config = tmp_path / "run.yaml"
+    config.write_text(f"teacher: {{arch: resnet14, epochs: 200, cache_dir: {tmp_path / 'teachers'}}}\n")
+    args = ["--config", str(config), "--out", str(tmp_path / "out"), *FAST]
+    proc = subprocess.Popen([sys.executable, "-m", "iakd.train", *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch   2/200"):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == [
+        "interrupted before the run's first checkpoint (a teacher it was training continues from its last epoch): "
+        f"start it again with: python -m iakd.train {' '.join(args)}"]
+    (checkpoint,) = (tmp_path / "teachers").glob("*-run/checkpoint.pt")
+    assert torch.load(checkpoint, weights_only=True)["epoch"] >= 1  # epoch 2 may have been cut short
+    assert not (tmp_path / "out" / "checkpoint.pt").exists()
+
+
 def test_evaluation_every_k_epochs_changes_no_weight_and_scores_only_evaluated_epochs(tmp_path, teacher_cache):
     """evaluation.every=2 over 5 epochs evaluates after epochs 2, 4 and 5 (the last always); training is the same
     computation (evaluating changes no weight and draws from no stream), so the scores it does take equal those
