@@ -81,6 +81,7 @@ def test_resume_refuses_a_config_that_changes_training_before_touching_anything(
         runner.run_search(experiment, log=lambda _: None)
     before = _parents(experiment)
     monkeypatch.setattr(runner.tune.Tuner, "can_restore", staticmethod(lambda path: True))  # Tune's state is there
+    monkeypatch.setattr(runner.storage, "check_restorable", lambda path: None)  # and whole
     common = ["run.teacher.arch=resnet8", "run.teacher.epochs=1", "run.data.image_size=8", "run.optim.batch_size=64",
               f"storage_path={tmp_path}/ray", f"tracking_uri=sqlite:///{tmp_path}/mlflow.db"]
     for change, message in ((["run.optim.epochs=3"], "--resume: run.optim.epochs is 3 here but 150 when the sweep "
@@ -150,3 +151,22 @@ def test_ctrl_c_during_the_closing_report_stops_the_report_only(monkeypatch):
     assert runner._analyse(sweep, lines.append) == "interrupted"
     assert lines == ["analysis interrupted: the sweep is finished (parent run abc); make its report with python "
                      "analysis/ablations.py --experiment iakd-digits"]
+
+
+def test_resume_refuses_a_damaged_tune_state_before_any_stage_or_run(experiment, monkeypatch):
+    """A search stage's tuner.pkl cut short: --resume is one line naming it, before the teacher, the parent run or
+    any stage (Tune would restore the finished baselines and only then fail to unpickle it)."""
+    from iakd.errors import ConfigError
+
+    def stages(*args, **kwargs):
+        raise AssertionError("no stage may start")
+
+    monkeypatch.setattr(runner, "_run_stages", stages)
+    monkeypatch.setattr(runner, "share_teacher", stages)
+    cfg = experiment.config
+    search_stage = Path(cfg.storage_path) / cfg.experiment
+    search_stage.mkdir(parents=True)
+    (search_stage / "tuner.pkl").write_bytes(b"\x80\x05\x95\x10\x00\x00\x00")  # a pickle's first bytes only
+    with pytest.raises(ConfigError, match=rf"^--resume: {search_stage / 'tuner.pkl'} is damaged \("):
+        runner.run_search(experiment, resume=True, log=lambda _: None)
+    assert _parents(experiment) == []

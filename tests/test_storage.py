@@ -90,25 +90,62 @@ def test_a_given_teacher_file_is_published_under_a_name_that_includes_its_conten
 def test_resume_refuses_a_tune_folder_others_could_have_written(tmp_path):
     """Tuner.restore unpickles tuner.pkl and the searcher's state: the folder and those files must be the user's."""
     import os
+    import pickle
 
     import pytest
 
     from iakd.errors import ConfigError
-    from iakd.search.storage import check_private
+    from iakd.search.storage import check_restorable
 
     stage = tmp_path / "iakd-digits"
     stage.mkdir()
     pickle_file = stage / "tuner.pkl"
-    pickle_file.write_bytes(b"state")
+    pickle_file.write_bytes(pickle.dumps({"state": list(range(100))}))
     (stage / "notes.txt").write_text("not read by Tune")
     os.chmod(stage / "notes.txt", 0o666)
-    check_private(str(stage))  # the user's own, other files ignored
+    check_restorable(str(stage))  # the user's own, other files ignored
     os.chmod(pickle_file, 0o666)
     with pytest.raises(ConfigError, match=rf"^--resume: {pickle_file} is writable by every user; Tune unpickles"):
-        check_private(str(stage))
+        check_restorable(str(stage))
     os.chmod(pickle_file, 0o644)
     if os.getuid() == 0:  # only root can give a file away
         os.chown(pickle_file, 12345, -1)
         with pytest.raises(ConfigError, match=rf"^--resume: {pickle_file} is owned by user id 12345, not by you"):
-            check_private(str(stage))
-    check_private("s3://bucket/iakd-digits")  # nothing to check behind a URI
+            check_restorable(str(stage))
+    check_restorable("s3://bucket/iakd-digits")  # nothing to check behind a URI
+
+
+def test_resume_refuses_a_tune_folder_whose_state_is_cut_short_without_unpickling_it(tmp_path):
+    """A tuner.pkl or searcher state cut short (a full disk, a copy interrupted), or JSON state that does not parse:
+    one line naming the file before anything runs, instead of Tune's UnpicklingError after the earlier stages were
+    restored. The pickle is parsed, never loaded: a file that would run code is not run by the check."""
+    import os
+    import pickle
+
+    import pytest
+
+    from iakd.errors import ConfigError
+    from iakd.search.storage import check_restorable
+
+    stage = tmp_path / "iakd-digits"
+    stage.mkdir()
+    whole = pickle.dumps({"trials": [{"id": i, "config": {"p0": i / 10}} for i in range(50)]})
+    (stage / "tuner.pkl").write_bytes(whole)
+    (stage / "experiment_state-2026.json").write_text('{"trial_data": []}')
+
+    class Marker:  # unpickling it would create a file
+        def __reduce__(self):
+            return (os.mkdir, (str(tmp_path / "ran"),))
+
+    (stage / "searcher-state.pkl").write_bytes(pickle.dumps(Marker()))
+    (stage / "search_gen_state-2026.json").write_bytes(pickle.dumps({"counter": 3}))  # Tune's: a pickle named .json
+    check_restorable(str(stage))
+    assert not (tmp_path / "ran").exists()
+    (stage / "tuner.pkl").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ConfigError, match=rf"^--resume: {stage / 'tuner.pkl'} is damaged \(.+\), so Tune cannot "
+                                          rf"restore {stage}: put the folder back from a copy"):
+        check_restorable(str(stage))
+    (stage / "tuner.pkl").write_bytes(whole)
+    (stage / "experiment_state-2026.json").write_text('{"trial_data": [')
+    with pytest.raises(ConfigError, match=rf"^--resume: {stage / 'experiment_state-2026.json'} is damaged"):
+        check_restorable(str(stage))

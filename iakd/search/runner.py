@@ -111,8 +111,7 @@ REUSE_ACTORS = True
 
 def _tuner(path: str, trainable, param_space: dict, tune_config: tune.TuneConfig, run_config: tune.RunConfig,
            resume: bool) -> tune.Tuner:
-    if resume and tune.Tuner.can_restore(path):
-        storage.check_private(path)  # Tune unpickles its own files from there
+    if resume and tune.Tuner.can_restore(path):  # checked by storage.check_restorable at the door
         # the searcher's state (Optuna's study) is restored with the experiment
         return tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True)
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
@@ -160,9 +159,12 @@ def _run_locked(experiment: Experiment, uri: str, optuna_storage: str, *, resume
     cfg, name, base = experiment.config, experiment.config.experiment, experiment.base
     # --resume continues what there is: the Tune stages that were stored, and the newest parent run.
     reuse_parent = resume
-    if resume and not any(tune.Tuner.can_restore(p) for p in _stage_paths(cfg)):
+    stored = [path for path in _stage_paths(cfg) if tune.Tuner.can_restore(path)] if resume else []
+    if resume and not stored:
         log(f"--resume: nothing to resume under {cfg.storage_path} for experiment {name!r}; starting it")
         resume = False
+    for path in stored:  # Tune unpickles its own files from there: the user's alone, and whole
+        storage.check_restorable(path)
     previous = tracking.find_run(uri, name, {tracking.SWEEP_TAG: name, tracking.ROLE_TAG: "sweep"})
     if resume and previous is not None:
         _check_resumed_config(uri, experiment, previous)

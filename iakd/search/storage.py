@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import pickle
+import pickletools
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -21,7 +24,7 @@ import pyarrow.fs
 from iakd.checkpoint import publish
 from iakd.errors import ConfigError
 
-__all__ = ["is_uri", "join", "exists", "upload", "download", "fetch", "sweep_lock", "check_private"]
+__all__ = ["is_uri", "join", "exists", "upload", "download", "fetch", "sweep_lock", "check_restorable"]
 
 
 def is_uri(location: str) -> bool:
@@ -118,15 +121,18 @@ def sweep_lock(storage_path: str, experiment: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def check_private(folder: str) -> None:
+def check_restorable(folder: str) -> None:
     """Before ``--resume`` hands a Tune folder to ``Tuner.restore``, which unpickles the files in it (``tuner.pkl``,
-    the searcher's state): on a local or NFS folder, the folder and those files must be the user's own and not
-    writable by others, as ssh asks of its keys; a ConfigError names the first that is not. Behind a URI nothing
-    can be checked: such a storage path must be as private as the code (README, "What --resume trusts")."""
+    the searcher's state) and reads its JSON state: on a local or NFS folder, the folder and those files must be
+    the user's own and not writable by others, as ssh asks of its keys, and each must be whole (a pickle is
+    parsed to its end with :mod:`pickletools`, which runs nothing); a ConfigError names the first that is not.
+    Behind a URI nothing can be checked: such a storage path must be as private as the code (README, "What
+    --resume trusts")."""
     if is_uri(folder):
         return
     root = Path(folder)
-    for path in [root, *sorted(p for p in root.iterdir() if p.suffix in (".pkl", ".json"))]:
+    files = sorted(p for p in root.iterdir() if p.suffix in (".pkl", ".json"))
+    for path in [root, *files]:
         info = path.stat()
         if info.st_uid != os.getuid():
             why = f"is owned by user id {info.st_uid}, not by you ({os.getuid()})"
@@ -136,3 +142,24 @@ def check_private(folder: str) -> None:
             continue
         raise ConfigError(f"--resume: {path} {why}; Tune unpickles what that folder holds, so it must be yours "
                           "alone (chmod o-w, or start a new sweep)")
+    for path in files:
+        damage = _damage(path)
+        if damage:
+            raise ConfigError(f"--resume: {path} is damaged ({damage}), so Tune cannot restore {root}: put the "
+                              "folder back from a copy, or move it away and run the sweep again without --resume")
+
+
+def _damage(path: Path) -> str | None:
+    """What is wrong with a Tune state file (a pickle cut short, JSON that does not parse), or None. Some of Tune's
+    ``.json`` files are pickles (``basic-variant-state-*.json``, ``search_gen_state-*.json``): a file that
+    starts with the pickle protocol's opcode is read as one."""
+    data = path.read_bytes()
+    try:
+        if path.suffix == ".pkl" or data[:1] == pickle.PROTO:
+            for _ in pickletools.genops(data):
+                pass
+        else:
+            json.loads(data)
+    except Exception as error:  # json's and pickletools' own errors (ValueError, UnicodeDecodeError, ...)
+        return str(error) or type(error).__name__
+    return None
