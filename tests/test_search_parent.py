@@ -170,3 +170,23 @@ def test_resume_refuses_a_damaged_tune_state_before_any_stage_or_run(experiment,
     with pytest.raises(ConfigError, match=rf"^--resume: {search_stage / 'tuner.pkl'} is damaged \("):
         runner.run_search(experiment, resume=True, log=lambda _: None)
     assert _parents(experiment) == []
+
+
+def test_resume_refuses_tune_state_whose_sweep_the_tracking_store_does_not_know(experiment, monkeypatch):
+    """Tune's stages are stored but the MLflow store has no parent run of the experiment (another tracking URI, a
+    new database): resuming would bring Tune's trials back without their runs, scores or study, and end in 'no
+    searched trial finished'. One line instead, before anything is written."""
+    from iakd.errors import ConfigError
+
+    def stages(*args, **kwargs):
+        raise AssertionError("no stage may start")
+
+    monkeypatch.setattr(runner, "_run_stages", stages)
+    monkeypatch.setattr(runner, "share_teacher", stages)
+    monkeypatch.setattr(runner.tune.Tuner, "can_restore", staticmethod(lambda path: True))  # Tune's state is there
+    monkeypatch.setattr(runner.storage, "check_restorable", lambda path: None)  # and whole
+    cfg = experiment.config
+    with pytest.raises(ConfigError, match=rf"^--resume: {cfg.storage_path} holds a sweep of 'iakd-digits' that "
+                                          rf"sqlite:///\S+/mlflow.db does not know \(no parent run"):
+        runner.run_search(experiment, resume=True, log=lambda _: None)
+    assert _parents(experiment) == []

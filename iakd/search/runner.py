@@ -166,7 +166,11 @@ def _run_locked(experiment: Experiment, uri: str, optuna_storage: str, *, resume
     for path in stored:  # Tune unpickles its own files from there: the user's alone, and whole
         storage.check_restorable(path)
     previous = tracking.find_run(uri, name, {tracking.SWEEP_TAG: name, tracking.ROLE_TAG: "sweep"})
-    if resume and previous is not None:
+    if resume and previous is None:  # Tune's trials would come back without their runs, scores or study
+        raise ConfigError(f"--resume: {cfg.storage_path} holds a sweep of {name!r} that {uri} does not know (no parent "
+                          "run: another tracking URI, or a new store?); resume it with the store it ran with, or "
+                          "run it again without --resume")
+    if resume:
         _check_resumed_config(uri, experiment, previous)
 
     teacher_path = share_teacher(base, cfg.storage_path, log=log)
