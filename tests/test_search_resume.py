@@ -306,3 +306,30 @@ def test_two_sweeps_started_together_on_a_fresh_store_both_finish_and_a_third_of
             ("baseline", "FINISHED"), ("search", "FINISHED"), ("sweep", "FINISHED")]
     studies = optuna.get_all_study_names(f"sqlite:///{tmp_path}/optuna.db")
     assert sorted(name.split("-")[0] for name in studies) == ["a", "b"]
+
+
+def test_ctrl_c_in_a_terminal_stops_a_search_of_100000_trials(tmp_path, env):
+    """Ctrl-C in a terminal reaches every process of the foreground group, the driver's and Ray's: a sweep of
+    100000 trials stops (it once went on starting trials until it was killed) with one line and exit 130, its parent
+    KILLED, no run left RUNNING, and the search stage's trials not counted."""
+    overrides = [*_overrides(tmp_path), "num_samples=100000", "confirm.top_k=0", "run.optim.epochs=2",
+                 "baselines.methods=[]"]
+    search = Search(tmp_path, "huge", overrides, env)
+    try:
+        client, experiment_id, runs_of = _sweep_runs(tmp_path, search)
+        until(lambda: runs_of("search"), 240, search, "a searched trial")
+        os.killpg(search.proc.pid, signal.SIGINT)
+        assert search.wait(90) == 130, search.tail()
+    finally:
+        if search.proc.poll() is None:
+            search.kill()
+    assert search.err.read_text().strip().splitlines()[-1].startswith(
+        "interrupted: the sweep stopped before its stages ended (its parent run is KILLED")
+    runs = client.search_runs([experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("iakd.role") == "sweep"]
+    assert parent.info.status == "KILLED" and parent.data.tags["iakd.interrupted"] == "true"
+    assert not [r for r in runs if r.info.status in ("RUNNING", "SCHEDULED")]
+    assert "best_trial" not in parent.data.tags
+    searched = [r for r in runs if r.data.tags.get("iakd.role") == "search"]
+    assert all((r.info.status, r.data.metrics["epochs"]) == ("FINISHED", 2) or r.info.status == "KILLED"
+               for r in searched), [(r.info.status, r.data.metrics.get("epochs")) for r in searched]
