@@ -82,6 +82,7 @@ def test_resume_refuses_a_config_that_changes_training_before_touching_anything(
     before = _parents(experiment)
     monkeypatch.setattr(runner.tune.Tuner, "can_restore", staticmethod(lambda path: True))  # Tune's state is there
     monkeypatch.setattr(runner.storage, "check_restorable", lambda path: None)  # and whole
+    monkeypatch.setattr(runner, "check_resumable_study", lambda storage, study: None)  # with its Optuna study
     common = ["run.teacher.arch=resnet8", "run.teacher.epochs=1", "run.data.image_size=8", "run.optim.batch_size=64",
               f"storage_path={tmp_path}/ray", f"tracking_uri=sqlite:///{tmp_path}/mlflow.db"]
     for change, message in ((["run.optim.epochs=3"], "--resume: run.optim.epochs is 3 here but 150 when the sweep "
@@ -190,3 +191,25 @@ def test_resume_refuses_tune_state_whose_sweep_the_tracking_store_does_not_know(
                                           rf"sqlite:///\S+/mlflow.db does not know \(no parent run"):
         runner.run_search(experiment, resume=True, log=lambda _: None)
     assert _parents(experiment) == []
+
+
+def test_resume_refuses_a_search_stage_whose_optuna_study_is_not_in_the_storage(experiment, tmp_path, monkeypatch):
+    """The search stage's searcher loads its study by name: with optuna.db gone (or another optuna_storage) Tune
+    would fail every restore with Optuna's "Record does not exist". One line instead, and no database made."""
+    from iakd.errors import ConfigError
+
+    def stages(*args, **kwargs):
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(runner, "_run_stages", stages)
+    with pytest.raises(RuntimeError):
+        runner.run_search(experiment, log=lambda _: None)  # the sweep's parent run
+    ((_, tags),) = _parents(experiment)
+    monkeypatch.setattr(runner.tune.Tuner, "can_restore", staticmethod(lambda path: True))  # Tune's state is there
+    monkeypatch.setattr(runner.storage, "check_restorable", lambda path: None)  # and whole
+    optuna_db = tmp_path / "optuna.db"
+    assert not optuna_db.exists()  # the stages never ran: no study was made
+    with pytest.raises(ConfigError, match=rf"^--resume: the sweep's Optuna study '{tags['optuna.study']}' is not in "
+                                          rf"sqlite:///{optuna_db} \(another optuna_storage"):
+        runner.run_search(experiment, resume=True, log=lambda _: None)
+    assert not optuna_db.exists()

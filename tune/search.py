@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     # Trials checkpoint every epoch (exact resume), and a digits epoch takes seconds, so Tune snapshots its
     # state often; its warning about that only advises checkpointing less. Keep the console for the table.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # The driver downloads a few small files from MLflow (the resumed sweep's config): no progress bars for them.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # SIGTERM (a scheduler, systemd, docker stop) stops the sweep as Ctrl-C does: Tune stops its trials
     # gracefully on SIGINT, and outside a Tune stage it is a KeyboardInterrupt that closes the parent run.
     terminated: list[int] = []

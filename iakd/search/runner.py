@@ -33,7 +33,13 @@ from iakd.search import preflight, storage
 from iakd.search.experiment import Experiment, ExperimentConfig
 from iakd.search.scheduler import HandoverASHA
 from iakd.search.space import Fixed
-from iakd.search.study import DIVERGED_KEY, LinkedOptunaSearch, default_storage, study_name
+from iakd.search.study import (
+    DIVERGED_KEY,
+    LinkedOptunaSearch,
+    check_resumable_study,
+    default_storage,
+    study_name,
+)
 from iakd.search.summary import SearchSummary, TrialSummary, format_value
 from iakd.search.teacher import check_teacher, share_teacher
 from iakd.search.trainable import (
@@ -172,6 +178,8 @@ def _run_locked(experiment: Experiment, uri: str, optuna_storage: str, *, resume
                           "run it again without --resume")
     if resume:
         _check_resumed_config(uri, experiment, previous)
+    if resume and _stage_paths(cfg)[1] in stored:  # the search stage's searcher loads its study by name
+        check_resumable_study(optuna_storage, study_name(name, previous))
 
     teacher_path = share_teacher(base, cfg.storage_path, log=log)
     warning = check_teacher(base, teacher_path) if METHODS_USING_TEACHER & _methods_in(experiment) else None

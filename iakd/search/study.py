@@ -17,9 +17,11 @@ import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 from iakd import tracking
+from iakd.errors import ConfigError
 from iakd.search.storage import is_uri
 
-__all__ = ["LinkedOptunaSearch", "study_name", "default_storage", "TUNE_TRIAL_ATTR", "MLFLOW_RUN_ATTR", "DIVERGED_KEY"]
+__all__ = ["LinkedOptunaSearch", "study_name", "check_resumable_study", "default_storage", "TUNE_TRIAL_ATTR",
+           "MLFLOW_RUN_ATTR", "DIVERGED_KEY"]
 
 TUNE_TRIAL_ATTR = "tune_trial_id"
 MLFLOW_RUN_ATTR = "mlflow_run_id"
@@ -28,6 +30,18 @@ MLFLOW_RUN_ATTR = "mlflow_run_id"
 def study_name(experiment: str, parent_run_id: str) -> str:
     """One study per sweep: the experiment's name and its parent run (which ``--resume`` reopens)."""
     return f"{experiment}-{parent_run_id[:12]}"
+
+
+def check_resumable_study(storage: str, study: str) -> None:
+    """Before ``--resume`` restores a search stage, whose searcher loads its study by name from ``storage``: the
+    study must be there, or Tune fails every restore with Optuna's "Record does not exist". A missing sqlite file
+    is not created."""
+    database = tracking.sqlite_file(storage)
+    names = [] if database is not None and not database.is_file() else optuna.get_all_study_names(storage)
+    if study not in names:
+        raise ConfigError(f"--resume: the sweep's Optuna study {study!r} is not in {storage} (another optuna_storage, "
+                          "or a new database?); resume it with the storage it ran with, or run it again without "
+                          "--resume")
 
 
 def default_storage(tracking_uri: str, storage_path: str) -> str:
