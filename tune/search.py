@@ -65,14 +65,18 @@ def main(argv: list[str] | None = None) -> int:
     given = list(argv if argv is not None else sys.argv[1:])
     script = sys.argv[0] if argv is None else "tune/search.py"  # as the user typed it: the command runs from here
     again = shlex.join(["python", script, *given, *([] if args.resume else ["--resume"])])
+
+    def interrupted(what: str) -> int:
+        """One line saying what stopped and the command that continues; exit 130 (Ctrl-C) or 143 (SIGTERM)."""
+        how = " by SIGTERM" if terminated else ""
+        print(f"interrupted{how}{what}: continue with: {again}", file=sys.stderr)
+        return 143 if terminated else 130
+
     try:
         experiment = load_experiment(args.config, overrides)
         summary = run_search(experiment, resume=args.resume, address=args.address, analysis=not args.no_analysis)
     except KeyboardInterrupt:
-        code = 143 if terminated else 130
-        print(f"interrupted{' by SIGTERM' if terminated else ''} before the sweep ended: continue with: {again}",
-              file=sys.stderr)
-        return code
+        return interrupted(" before the sweep ended")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -83,9 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
     print(format_summary(summary))
     if summary.interrupted:
-        print(f"interrupted{' by SIGTERM' if terminated else ''}: the sweep stopped before its stages ended (its "
-              f"parent run is KILLED, no trial counted that did not end): continue with: {again}", file=sys.stderr)
-        return 143 if terminated else 130
+        return interrupted(": the sweep stopped before its stages ended (its parent run is KILLED, no trial counted "
+                           "that did not end)")
     return 0
 
 
