@@ -148,10 +148,10 @@ def test_ctrl_c_during_the_closing_report_stops_the_report_only(monkeypatch):
 
     monkeypatch.setattr(report, "publish_report", interrupted)
     lines = []
-    sweep = SimpleNamespace(parent_run_id="abc", experiment="iakd-digits")
+    sweep = SimpleNamespace(parent_run_id="abc", experiment="iakd-digits", tracking_uri="sqlite:////my runs/mlflow.db")
     assert runner._analyse(sweep, lines.append) == "interrupted"
-    assert lines == ["analysis interrupted: the sweep is finished (parent run abc); make its report with python "
-                     "analysis/ablations.py --experiment iakd-digits"]
+    assert lines == ["analysis interrupted: the sweep is finished (parent run abc); make its report with: python "
+                     "analysis/ablations.py --tracking-uri 'sqlite:////my runs/mlflow.db' --parent-run-id abc"]
 
 
 def test_resume_refuses_a_damaged_tune_state_before_any_stage_or_run(experiment, monkeypatch):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shlex
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -453,6 +454,12 @@ def student_inits(experiment: Experiment) -> list[str]:
     return [spec.value if isinstance(spec, Fixed) else experiment.base.student.init]
 
 
+def _report_command(sweep: Sweep) -> str:
+    """The command that makes this sweep's report, as the search would have: its store and its parent run."""
+    return shlex.join(["python", "analysis/ablations.py", "--tracking-uri", sweep.tracking_uri, "--parent-run-id",
+                       sweep.parent_run_id])
+
+
 def _analyse(sweep: Sweep, log: Callable[[str], None]) -> str:
     """The sweep's report, logged to its parent run; a failure is reported, not raised: the sweep is done."""
     try:
@@ -460,11 +467,11 @@ def _analyse(sweep: Sweep, log: Callable[[str], None]) -> str:
 
         report = publish_report(sweep)  # to analysis_out/<experiment>, as the CLI
     except Exception as error:  # noqa: BLE001 - the trials' results stand whatever the plots do
-        log(f"analysis failed ({type(error).__name__}: {error}); run python analysis/ablations.py to retry")
+        log(f"analysis failed ({type(error).__name__}: {error}); retry with: {_report_command(sweep)}")
         return "failed"
     except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) now stops the report only: the sweep itself has ended
-        log(f"analysis interrupted: the sweep is finished (parent run {sweep.parent_run_id}); make its report with "
-            f"python analysis/ablations.py --experiment {sweep.experiment}")
+        log(f"analysis interrupted: the sweep is finished (parent run {sweep.parent_run_id}); make its report with: "
+            f"{_report_command(sweep)}")
         return "interrupted"
     log(f"report: {report} (and in MLflow, on the parent run under analysis/)")
     return "done"
